@@ -6,6 +6,7 @@ fills one per cluster per pass; tests build one by hand. Readers get plain dicts
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
@@ -100,7 +101,7 @@ class ObjectStore:
     def vm(self, namespace: str, name: str) -> Obj | None:
         return self.get(KIND_VM, namespace, name)
 
-    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]:
+    def vmims_with_migration_id(self, role: Role, mid: str) -> builtins.list[Obj]:
         """All VMIMs of a role with that migrationID, any namespace, finished ones too."""
         with self._lock:
             return list(self._by_migration_id.get((role, mid), {}).values())
