@@ -44,7 +44,7 @@ class PolicyError(ValueError):
 
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    restore_run_strategy: str = Field("Always", alias="restoreRunStrategy")
+    restore_run_strategy: str = Field(default="Always", alias="restoreRunStrategy")
 
     @field_validator("restore_run_strategy")
     @classmethod
@@ -58,7 +58,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     rules: dict[str, Mode] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
-    exempt_namespaces: frozenset[str] = Field(frozenset(), alias="exemptNamespaces")
+    exempt_namespaces: frozenset[str] = Field(default=frozenset(), alias="exemptNamespaces")
 
     @field_validator("rules")
     @classmethod
