@@ -1,0 +1,181 @@
+"""The admission engine: AdmissionReview request dict in, Decision out. No HTTP, no I/O.
+
+`mutate` and `validate` are total: whatever shape the request has, they return a Decision
+(allow when the object is not ours) and never raise on a malformed object. `evaluate` and
+`mutation_patch` are the structured layer below them, shared with `dlm-guard check`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dlm_guard.domain import (
+    KIND_VM,
+    KIND_VMIM,
+    KUBEVIRT_GROUP,
+    Finding,
+    Obj,
+    is_decentralized,
+    is_wait_as_receiver,
+    namespace_of,
+)
+from dlm_guard.store import ObjectStore
+from webhook import rules
+from webhook.decision import Decision, JsonPatch
+from webhook.mutations import json_patch, mutate_vm, mutate_vmim
+from webhook.policy import Mode, Policy
+
+CREATE, UPDATE = "CREATE", "UPDATE"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a review depends on besides the request itself."""
+
+    policy: Policy
+    cluster: ObjectStore | None  # None = offline: rules needing cluster state are skipped
+    new_id: Callable[[], str]  # random suffix for generated migrationIDs (>= 48 bits)
+
+
+def random_suffix() -> str:
+    """The production `Context.new_id`: 48 random bits as 12 hex digits."""
+    return secrets.token_hex(6)
+
+
+# --- The request, read tolerantly -----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The fields of an AdmissionReview request the engine uses, each with a safe default."""
+
+    group: str
+    kind: str
+    operation: str
+    namespace: str
+    sub_resource: str
+    object: Obj | None
+    old_object: Obj | None
+
+
+def parse_request(raw: Any) -> Request:
+    raw = raw if isinstance(raw, Mapping) else {}
+    obj, old = _mapping(raw.get("object")), _mapping(raw.get("oldObject"))
+    kind_info = _mapping(raw.get("kind"))
+    if kind_info is not None:
+        group, kind = _text(kind_info.get("group")), _text(kind_info.get("kind"))
+    else:  # no GroupVersionKind in the request: fall back on the object's own
+        group, kind = _api_group(obj or {}), _text((obj or {}).get("kind"))
+    namespace = _text(raw.get("namespace")) or namespace_of(obj or old or {})
+    return Request(group=group, kind=kind, operation=_text(raw.get("operation")),
+                   namespace=namespace, sub_resource=_text(raw.get("subResource")),
+                   object=obj, old_object=old)
+
+
+def _mapping(value: Any) -> Obj | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _api_group(obj: Obj) -> str:
+    group, _, _version = _text(obj.get("apiVersion")).rpartition("/")
+    return group
+
+
+def in_scope(request: Request, policy: Policy) -> bool:
+    """A KubeVirt object written through its main resource, outside exempt namespaces.
+
+    Subresources (status) cannot change spec or metadata, so they are never ours.
+    """
+    return (request.group == KUBEVIRT_GROUP and request.kind in (KIND_VM, KIND_VMIM)
+            and not request.sub_resource and request.object is not None
+            and request.namespace not in policy.exempt_namespaces)
+
+
+# --- Findings rated by the policy -----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RatedFinding:
+    finding: Finding
+    mode: Mode
+
+    def __str__(self) -> str:
+        return str(self.finding)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every finding of one review that the policy does not turn off, in rule order."""
+
+    findings: tuple[RatedFinding, ...] = ()
+
+    def in_mode(self, mode: Mode) -> list[RatedFinding]:
+        return [rated for rated in self.findings if rated.mode is mode]
+
+    @property
+    def verdict(self) -> str:
+        if self.in_mode(Mode.ENFORCE):
+            return "DENY"
+        return "WARN" if self.findings else "ALLOW"
+
+    def decision(self) -> Decision:
+        warnings = [str(rated) for rated in self.in_mode(Mode.WARN)]
+        denials = self.in_mode(Mode.ENFORCE)
+        return Decision.deny(denials, warnings) if denials else Decision.allow(warnings)
+
+
+def rate(findings: list[Finding], policy: Policy) -> Evaluation:
+    rated = (RatedFinding(finding, policy.mode(finding.rule)) for finding in findings)
+    return Evaluation(tuple(r for r in rated if r.mode is not Mode.OFF))
+
+
+# --- Validation -----------------------------------------------------------------------
+def evaluate(request: Mapping[str, Any], ctx: Context) -> Evaluation:
+    """The validating webhook's findings for a request, rated by the policy."""
+    parsed = parse_request(request)
+    if not in_scope(parsed, ctx.policy):
+        return Evaluation()
+    return rate(findings_for(parsed, ctx.cluster), ctx.policy)
+
+
+def findings_for(request: Request, cluster: ObjectStore | None) -> list[Finding]:
+    obj, old = request.object or {}, request.old_object
+    if request.kind == KIND_VM:
+        if request.operation in (CREATE, UPDATE) and is_wait_as_receiver(obj):
+            return rules.wait_as_receiver_vm_findings(obj)
+        return []
+    if request.operation == CREATE and is_decentralized(obj):
+        findings = rules.vmim_offline_findings(obj)
+        if cluster is not None:
+            findings.extend(rules.vmim_cluster_findings(obj, request.namespace, cluster))
+        return findings
+    if request.operation == UPDATE and old is not None and (
+            is_decentralized(obj) or is_decentralized(old)):
+        return rules.immutable_spec_findings(obj, old)
+    return []  # DELETE, CONNECT and ordinary migrations are none of our business
+
+
+def validate(request: Mapping[str, Any], ctx: Context) -> Decision:
+    return evaluate(request, ctx).decision()
+
+
+# --- Mutation -------------------------------------------------------------------------
+def mutation_patch(request: Mapping[str, Any], ctx: Context) -> JsonPatch:
+    """The JSON patch the mutating webhook returns for a request ([] for none)."""
+    parsed = parse_request(request)
+    if not in_scope(parsed, ctx.policy) or parsed.operation not in (CREATE, UPDATE):
+        return []
+    obj = parsed.object or {}
+    if parsed.kind == KIND_VM:
+        mutated = mutate_vm(obj, ctx.policy.defaults.restore_run_strategy)
+    else:
+        mutated = mutate_vmim(obj, ctx.new_id, creating=parsed.operation == CREATE)
+    return json_patch(obj, mutated)
+
+
+def mutate(request: Mapping[str, Any], ctx: Context) -> Decision:
+    patch = mutation_patch(request, ctx)
+    return Decision.patched(patch) if patch else Decision.allow()

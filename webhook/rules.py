@@ -1,0 +1,338 @@
+"""Validation rules: pure functions from objects (and a cluster snapshot) to Findings.
+
+Every finding carries a DESIGN.md slug and a field path. Path notation, used everywhere:
+dotted keys (`spec.sendTo.connectURL`), list indexes in brackets (`disks[2]`), and keys that
+are not plain identifiers quoted in brackets (`metadata.annotations["kubevirt.io/x"]`).
+A finding about another object than the one under review (the VMI a VMIM names, the KubeVirt
+CR) has a path inside that object, and its message starts by naming the object.
+
+Modes (enforce/warn/off) are not decided here: the engine applies the policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dlm_guard.domain import (
+    ANNOTATION_CREATE_MIGRATION_TARGET,
+    ANNOTATION_RESTORE_RUN_STRATEGY,
+    FEATURE_GATE,
+    RESTORABLE_RUN_STRATEGIES,
+    ROLE_FIELD,
+    RUN_STRATEGY_WAIT_AS_RECEIVER,
+    VMI_PHASE_RUNNING,
+    Finding,
+    Obj,
+    Role,
+    annotations_of,
+    feature_gate_enabled,
+    get_path,
+    has_both_roles,
+    is_receiver_vmi,
+    is_valid_label_value,
+    migration_role,
+    name_of,
+    namespace_of,
+    phase_of,
+    spec_migration_id,
+    vmi_name,
+    volume_findings,
+)
+from dlm_guard.store import ObjectStore
+
+DEFAULT_SYNCHRONIZATION_PORT = 9185  # KubeVirt CR spec.synchronizationPort default (SPEC.md §1)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- Paths ----------------------------------------------------------------------------
+def field_path(*parts: str | int) -> str:
+    """`field_path("metadata", "annotations", "a/b")` -> `metadata.annotations["a/b"]`."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f'["{part}"]'
+    return text
+
+
+RESTORE_ANNOTATION_PATH = field_path("metadata", "annotations", ANNOTATION_RESTORE_RUN_STRATEGY)
+
+
+def roles_present(vmim: Obj) -> list[Role]:
+    """Every role field set on the VMIM: one for a decentralized VMIM, two for `both-roles`."""
+    spec = vmim.get("spec")
+    if not isinstance(spec, Mapping):
+        return []
+    return [role for role in Role if ROLE_FIELD[role] in spec]
+
+
+# --- Decentralized VMIM, offline rules ------------------------------------------------
+def vmim_offline_findings(vmim: Obj) -> list[Finding]:
+    """both-roles, vmi-name, migration-id and connect-url: no cluster state needed."""
+    findings: list[Finding] = []
+    if has_both_roles(vmim):
+        findings.append(Finding(
+            "both-roles", "spec",
+            "both spec.sendTo and spec.receive are set, and KubeVirt then silently runs an "
+            "ordinary in-cluster migration: put sendTo on the source cluster's VMIM and receive "
+            "on the target cluster's VMIM"))
+    if not vmi_name(vmim):
+        findings.append(Finding(
+            "vmi-name", "spec.vmiName",
+            "missing: name the VMI to migrate (on the source the running VMI, on the target "
+            "the VMI of the WaitAsReceiver VM)"))
+    for role in roles_present(vmim):
+        findings.extend(migration_id_findings(vmim, role))
+    if Role.SOURCE in roles_present(vmim):
+        findings.extend(connect_url_findings(get_path(vmim, "spec", "sendTo", "connectURL")))
+    return findings
+
+
+def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
+    path = field_path("spec", ROLE_FIELD[role], "migrationID")
+    value = get_path(vmim, "spec", ROLE_FIELD[role], "migrationID")
+    # The CRD accepts "" (no minLength), but an empty ID cannot pair the two sides.
+    if value is None or value == "":
+        problem = "missing or empty: set the same migrationID on the source and target VMIMs"
+    elif not isinstance(value, str):
+        problem = f"must be a string, not {type(value).__name__}"
+    elif not is_valid_label_value(value):
+        problem = (f"{value!r} is not a valid label value (at most 63 characters: letters, "
+                   "digits, '-', '_', '.', starting and ending with a letter or digit); "
+                   "choose an ID that fits so it can be used in the dlm-guard.io/migration-id "
+                   "label")
+    else:
+        return []
+    return [Finding("migration-id", path, problem)]
+
+
+# --- connectURL -------------------------------------------------------------------------
+def connect_url_findings(url: Any) -> list[Finding]:
+    problem = connect_url_problem(url)
+    if problem is None:
+        return []
+    return [Finding("connect-url", "spec.sendTo.connectURL", problem)]
+
+
+def connect_url_problem(url: Any) -> str | None:
+    """Why url is not a gRPC dial target KubeVirt can use, or None when it is.
+
+    KubeVirt hands connectURL to grpc.NewClient unchanged (SPEC.md §1): `host:port`,
+    `[ipv6]:port` or `dns:///host:port`, never an http(s) URL.
+    """
+    example = f"e.g. 10.1.2.3:{DEFAULT_SYNCHRONIZATION_PORT}"
+    if not isinstance(url, str) or not url:
+        return ("missing: set host:port of the target cluster's synchronization controller, "
+                f"from status.synchronizationAddresses of the target KubeVirt CR ({example})")
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme and not url.startswith("dns:///"):
+        if scheme.group(1).lower() in ("http", "https"):
+            return (f"{url!r} is an http(s) URL, but KubeVirt dials connectURL with gRPC and "
+                    f"wants host:port without a scheme ({example})")
+        return (f"{url!r}: scheme {scheme.group(1)!r} is not supported; use host:port, "
+                "[ipv6]:port or dns:///host:port")
+    target = url.removeprefix("dns:///")
+    problem = _host_port_problem(target)
+    return f"{url!r}: {problem}" if problem else None
+
+
+def _host_port_problem(target: str) -> str | None:
+    if target.startswith("["):
+        host, sep, port = target[1:].partition("]:")
+        if not sep or not _is_ipv6(host):
+            return "expected [ipv6]:port, e.g. [fd00::5]:9185"
+    else:
+        host, sep, port = target.rpartition(":")
+        if not sep:
+            return f"no port: add :{DEFAULT_SYNCHRONIZATION_PORT} (the default synchronizationPort)"
+        if ":" in host:
+            return "an IPv6 address needs brackets, e.g. [fd00::5]:9185"
+        if not _is_host(host):
+            return f"{host!r} is not a valid IPv4 address or DNS name"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _is_host(host: str) -> bool:
+    if re.fullmatch(r"[0-9.]+", host):  # all digits and dots: must be a real IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_DNS_LABEL.match(label) for label in labels)
+
+
+# --- Decentralized VMIM, rules that need cluster state ---------------------------------
+def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ObjectStore) -> list[Finding]:
+    """duplicate-migration-id, receiver-vmi, source-vmi, feature-gate and volume rules on the
+    named VMI. Only for a VMIM with exactly one role: with both, upstream ignores both."""
+    role = migration_role(vmim)
+    if role is None:
+        return []
+    findings = duplicate_migration_id_findings(vmim, role, namespace, cluster)
+    name = vmi_name(vmim)
+    if name:  # without a name, vmi-name already says what to fix
+        vmi = cluster.vmi(namespace, name)
+        check = receiver_vmi_findings if role is Role.TARGET else source_vmi_findings
+        findings.extend(check(vmi, namespace, name))
+        if vmi is not None:
+            findings.extend(named_vmi_volume_findings(vmi, namespace))
+    findings.extend(feature_gate_findings(cluster.kubevirt()))
+    return findings
+
+
+def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
+                                    cluster: ObjectStore) -> list[Finding]:
+    # Upstream looks VMIMs up by migrationID cluster-wide, finished ones included, and takes
+    # the first match: a reused ID can silently pair with the wrong VMIM (SPEC.md §1).
+    mid = spec_migration_id(vmim, role)
+    if not mid:
+        return []
+    own_key = (namespace, name_of(vmim))
+    others = sorted(f"{namespace_of(o)}/{name_of(o)} (phase {phase_of(o) or 'unset'})"
+                    for o in cluster.vmims_with_migration_id(role, mid)
+                    if (namespace_of(o), name_of(o)) != own_key)
+    if not others:
+        return []
+    return [Finding(
+        "duplicate-migration-id", field_path("spec", ROLE_FIELD[role], "migrationID"),
+        f"{mid!r} is already used by the {role.value} VMIM {', '.join(others)}; KubeVirt "
+        "matches migrationIDs cluster-wide, finished migrations included, and takes the first "
+        "match: choose a new migrationID (and delete the old VMIM if it is finished)")]
+
+
+def receiver_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Finding]:
+    where = f"VirtualMachineInstance {namespace}/{name}"
+    if vmi is None:
+        problem = (f"{where} not found: create the target VM with runStrategy "
+                   f"{RUN_STRATEGY_WAIT_AS_RECEIVER} first and wait for its VMI")
+    elif not is_receiver_vmi(vmi):
+        problem = (f"{where} is not waiting to receive a migration (no annotation "
+                   f"{ANNOTATION_CREATE_MIGRATION_TARGET}: \"true\"): its VM must use "
+                   f"runStrategy {RUN_STRATEGY_WAIT_AS_RECEIVER}")
+    else:
+        return []
+    return [Finding("receiver-vmi", "spec.vmiName", problem)]
+
+
+def source_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Finding]:
+    where = f"VirtualMachineInstance {namespace}/{name}"
+    if vmi is None:
+        problem = f"{where} not found: name a running VMI in the VMIM's namespace"
+    elif is_receiver_vmi(vmi):
+        problem = (f"{where} is itself a migration target ({RUN_STRATEGY_WAIT_AS_RECEIVER}): "
+                   "a receiver cannot be sent; use spec.receive on this side instead")
+    elif phase_of(vmi) != VMI_PHASE_RUNNING:
+        problem = (f"{where} is in phase {phase_of(vmi) or 'unset'!r}, not "
+                   f"{VMI_PHASE_RUNNING}: start the VM before sending it")
+    else:
+        return []
+    return [Finding("source-vmi", "spec.vmiName", problem)]
+
+
+def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
+    """Volume rules on the VMI a VMIM names; paths are inside that VMI (`spec.domain...`)."""
+    spec = vmi.get("spec")
+    if not isinstance(spec, Mapping):
+        return []
+    where = f"VirtualMachineInstance {namespace}/{name_of(vmi)} (named by spec.vmiName)"
+    return [Finding(f.rule, f.path, f"{where}: {f.message}")
+            for f in volume_findings(spec, "spec")]
+
+
+def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
+    gates = "spec.configuration.developerConfiguration.featureGates"
+    if kubevirt is None:
+        return [Finding("feature-gate", gates,
+                        f"no KubeVirt CR found in this cluster: install KubeVirt and list "
+                        f"{FEATURE_GATE} in {gates}")]
+    where = f"KubeVirt {namespace_of(kubevirt)}/{name_of(kubevirt)}"
+    enabled = _gate_state(kubevirt)
+    if enabled is True:
+        return []
+    if enabled is False:
+        disabled = "spec.configuration.developerConfiguration.disabledFeatureGates"
+        return [Finding("feature-gate", disabled,
+                        f"{where} disables {FEATURE_GATE}: remove it from {disabled}")]
+    # Alpha before v1.10 (opt-in), Beta from v1.10 (on unless disabled): SPEC.md §1.
+    return [Finding("feature-gate", gates,
+                    f"{where} does not list {FEATURE_GATE} and its version (status."
+                    "observedKubeVirtVersion) is unknown or older than v1.10, where the gate "
+                    f"is off by default: add {FEATURE_GATE} to {gates}")]
+
+
+def _gate_state(kubevirt: Obj) -> bool | None:
+    try:
+        return feature_gate_enabled(kubevirt)
+    except (AttributeError, TypeError):  # a KubeVirt CR too malformed to tell
+        return None
+
+
+# --- Decentralized VMIM, UPDATE -------------------------------------------------------
+def immutable_spec_findings(new: Obj, old: Obj) -> list[Finding]:
+    """One finding per changed field of the spec; metadata and status may change."""
+    changed = sorted(set(changed_paths(old.get("spec"), new.get("spec"), ("spec",))))
+    return [Finding("immutable-spec", path,
+                    "the spec of a decentralized VMIM cannot change after creation (KubeVirt's "
+                    "own update admitter forbids it too): delete the VMIMs and create new ones")
+            for path in changed]
+
+
+def changed_paths(old: Any, new: Any, at: tuple[str | int, ...]) -> Iterable[str]:
+    if old == new:
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            yield from changed_paths(old.get(key), new.get(key), (*at, str(key)))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (before, after) in enumerate(zip(old, new, strict=True)):
+            yield from changed_paths(before, after, (*at, index))
+    else:
+        yield field_path(*at)
+
+
+# --- WaitAsReceiver VM ----------------------------------------------------------------
+def wait_as_receiver_vm_findings(vm: Obj) -> list[Finding]:
+    template_spec = get_path(vm, "spec", "template", "spec")
+    findings = volume_findings(template_spec, "spec.template.spec") \
+        if isinstance(template_spec, Mapping) else []
+    findings.extend(restore_run_strategy_findings(vm))
+    return findings
+
+
+def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
+    # virt-controller copies this annotation into spec.runStrategy after a successful
+    # migration without validating it; missing, the VM stays WaitAsReceiver (SPEC.md §1).
+    allowed = ", ".join(RESTORABLE_RUN_STRATEGIES)
+    annotations = annotations_of(vm)
+    if ANNOTATION_RESTORE_RUN_STRATEGY not in annotations:
+        problem = (f"missing: add it with the run strategy the VM takes after the migration "
+                   f"({allowed}); without it the VM stays {RUN_STRATEGY_WAIT_AS_RECEIVER} "
+                   "(dlm-guard's mutating webhook adds it when enabled)")
+    elif annotations[ANNOTATION_RESTORE_RUN_STRATEGY] not in RESTORABLE_RUN_STRATEGIES:
+        value = annotations[ANNOTATION_RESTORE_RUN_STRATEGY]
+        problem = (f"{value!r} is not one of {allowed}; virt-controller copies it into "
+                   "spec.runStrategy unvalidated after the migration")
+    else:
+        return []
+    return [Finding("restore-run-strategy", RESTORE_ANNOTATION_PATH, problem)]
