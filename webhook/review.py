@@ -1,0 +1,149 @@
+"""Decode and check an incoming AdmissionReview: the only gate between raw bytes and the engine.
+
+Pure: bytes in, a `Review` or a `ReviewError` out. The HTTP status of each error follows
+DESIGN.md style point 5: a bad *call* is an HTTP error (400/413/415), a bad *object* is an
+`allowed: false` answer that the engine produces later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# The API server caps request bodies at 3 MiB of object, and an AdmissionReview carries the
+# object and oldObject: 7 MiB leaves room for both plus the envelope.
+MAX_BODY_BYTES = 7 * 1024 * 1024
+
+# v1beta1 has the same wire shape for every field we read and write; we answer in whatever
+# version we were asked in, as the API server requires.
+AdmissionApiVersion = Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]
+ADMISSION_API_VERSIONS: tuple[str, ...] = get_args(AdmissionApiVersion)
+JSON_MEDIA_TYPE = "application/json"
+
+
+class ReviewError(Exception):
+    """A webhook call we cannot answer with an AdmissionReview: an HTTP status and one line."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A checked AdmissionReview; `request` is the original decoded dict for the engine."""
+
+    api_version: str
+    kind: str
+    uid: str
+    request: Mapping[str, Any]
+
+    @property
+    def object_kind(self) -> str:
+        gvk = self.request.get("kind")
+        return str(gvk.get("kind") or "") if isinstance(gvk, Mapping) else ""
+
+    @property
+    def operation(self) -> str:
+        return str(self.request.get("operation") or "")
+
+    @property
+    def namespace(self) -> str:
+        return str(self.request.get("namespace") or "")
+
+    @property
+    def name(self) -> str:
+        return str(self.request.get("name") or "")
+
+
+# --- Wire model -----------------------------------------------------------------------
+# Strict: no coercion (uid 7 is not "7"). Extra fields are allowed: the engine gets the
+# original dict, and the API server may add fields in newer versions.
+class _GroupVersionKind(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    group: str = ""
+    version: str = ""
+    kind: str = ""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    uid: str = Field(min_length=1)
+    kind: _GroupVersionKind | None = None
+    resource: _GroupVersionKind | None = None  # {group, version, resource}: extra allowed
+    operation: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    object: dict[str, Any] | None = None
+    oldObject: dict[str, Any] | None = None
+    dryRun: bool | None = None
+
+
+class _AdmissionReview(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    apiVersion: AdmissionApiVersion
+    kind: Literal["AdmissionReview"]
+    request: _Request
+
+
+# --- Checks ---------------------------------------------------------------------------
+def check_content_type(media_type: str) -> None:
+    """415 unless the body is declared JSON (`application/json`, parameters ignored)."""
+    if media_type.strip().lower() != JSON_MEDIA_TYPE:
+        shown = media_type or "none"
+        raise ReviewError(415, f"Content-Type must be {JSON_MEDIA_TYPE}, got {shown}")
+
+
+def check_declared_length(length: int | None, limit: int = MAX_BODY_BYTES) -> None:
+    """413 before reading a byte when Content-Length already says the body is too big."""
+    if length is not None and length > limit:
+        raise ReviewError(413, f"body of {length} bytes exceeds the {limit} byte limit")
+
+
+def decode_review(body: bytes) -> Review:
+    """Parse and check one AdmissionReview body; ReviewError(400) names what is wrong."""
+    data = _parse_json(body)
+    if not isinstance(data, dict):
+        raise ReviewError(400, f"body is a JSON {_json_type(data)}, not an AdmissionReview")
+    try:
+        review = _AdmissionReview.model_validate(data)
+    except ValidationError as err:
+        raise ReviewError(400, "not an AdmissionReview: " + _first_problem(err)) from None
+    return Review(review.apiVersion, review.kind, review.request.uid, data["request"])
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        # NaN/Infinity are not JSON; accepting them would let them echo into our responses.
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ReviewError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, huge ints
+        raise ReviewError(400, f"body is not valid JSON: {_one_line(str(err))}") from None
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+    return names.get(type(value), "null")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _first_problem(err: ValidationError) -> str:
+    problems = err.errors(include_url=False, include_input=False)
+    item = problems[0]
+    location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return _one_line(f"{location}: {item['msg']}{more}")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
