@@ -78,17 +78,18 @@ def parse_bundle(text: str) -> ParsedBundle:
     lines = text.splitlines()
     located: list[LocatedCertificate] = []
     problems: list[BundleProblem] = []
-    index, block, garbage_from = 0, 0, None
+    index, block = 0, 0
+    garbage: list[int] = []  # indexes of non-blank lines outside blocks, since the last block
     while index < len(lines):
         begin = _BEGIN.match(lines[index].strip())
         if not begin:
-            if lines[index].strip() and garbage_from is None:
-                garbage_from = index
+            if lines[index].strip():
+                garbage.append(index)
             index += 1
             continue
-        if garbage_from is not None:
-            problems.append(_garbage(garbage_from, index))
-            garbage_from = None
+        if garbage:
+            problems.append(_garbage(garbage))
+            garbage = []
         block += 1
         end = _find_end(lines, index + 1, begin.group(1))
         if end is None:
@@ -97,8 +98,8 @@ def parse_bundle(text: str) -> ParsedBundle:
             continue
         _read_block(begin.group(1), lines[index:end + 1], index + 1, block, located, problems)
         index = end + 1
-    if garbage_from is not None:
-        problems.append(_garbage(garbage_from, len(lines)))
+    if garbage:
+        problems.append(_garbage(garbage))
     return ParsedBundle(tuple(located), problems)
 
 
@@ -158,9 +159,9 @@ def _load_certificate(pem: str) -> x509.Certificate | None:
     return cert
 
 
-def _garbage(start: int, stop: int) -> BundleProblem:
-    count = stop - start
-    return BundleProblem(ProblemKind.GARBAGE, start + 1,
+def _garbage(indexes: Sequence[int]) -> BundleProblem:
+    count = len(indexes)
+    return BundleProblem(ProblemKind.GARBAGE, indexes[0] + 1,
                          f"{count} line{'s' if count > 1 else ''} of text outside any PEM block: "
                          "skipped")
 
