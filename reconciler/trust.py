@@ -1,0 +1,164 @@
+"""Decide the CA trust sync (pure: snapshots and a clock in, the writes wanted out).
+
+KubeVirt facts (SPEC.md §1): each cluster trusts the PEM bundle of its `kubevirt-ca` ConfigMap
+(key `ca-bundle`, at most 50 certificates). `kubevirt-external-ca` is an inbox: virt-operator keeps
+the certificates valid now, dedupes them by SHA-256, merges them into `kubevirt-ca` and resets the
+inbox to "" (the whole inbox is ignored if any PEM in it fails to parse). It can also drop merged
+external CAs later, and CAs rotate (7 days upstream, 48 h on OpenShift), so this is re-checked on
+every pass instead of being pushed once.
+
+Desired for a managed cluster C: every currently valid CA certificate of every *other* reachable
+known cluster's `kubevirt-ca` is in C's own `kubevirt-ca`. Whatever is missing is written, and only
+that, into C's inbox. The steady state is "nothing missing, inbox empty": no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from cryptography import x509
+
+from certs.bundle import earliest_not_after as _earliest
+from certs.bundle import (
+    fingerprint,
+    missing_from,
+    normalize,
+    parse_bundle,
+    to_pem,
+    trusted_cas,
+)
+from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
+from reconciler.gather import ConfigMapState, Snapshot
+
+
+class Outcome(StrEnum):
+    """What one managed cluster needs this pass (the `result` label of dlm_guard_ca_sync_total,
+    together with act's `created` / `updated` / `error`)."""
+
+    IN_SYNC = "in-sync"  # nothing missing from kubevirt-ca
+    PENDING = "pending"  # the inbox already holds exactly the missing certificates
+    WRITE = "write"  # the inbox must be (re)written
+    SKIPPED = "skipped"  # cannot decide for this cluster this pass (reason in detail)
+
+
+@dataclass(frozen=True)
+class PeerCAs:
+    """One cluster's currently trusted CAs as a peer offers them."""
+
+    cluster: str
+    certificates: tuple[x509.Certificate, ...]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def earliest_not_after(self) -> datetime | None:
+        return _earliest(self.certificates)
+
+
+@dataclass(frozen=True)
+class CaWrite:
+    """Set `ca-bundle` of a cluster's kubevirt-external-ca (create it when resource_version is
+    None) to `bundle`, conditional on resource_version."""
+
+    cluster: str
+    namespace: str
+    bundle: str
+    fingerprints: tuple[str, ...]
+    peers: tuple[str, ...]  # whose CAs these are, for the Event and the log
+    resource_version: str | None
+    name: str = EXTERNAL_CA_CONFIGMAP
+
+    @property
+    def create(self) -> bool:
+        return self.resource_version is None
+
+
+@dataclass(frozen=True)
+class ClusterTrust:
+    cluster: str
+    outcome: Outcome
+    detail: str = ""
+    missing: tuple[str, ...] = ()  # fingerprints
+    write: CaWrite | None = None
+    unknown_peers: tuple[str, ...] = ()  # unreachable this pass: their CAs were not checked
+
+
+@dataclass(frozen=True)
+class TrustPlan:
+    peers: Mapping[str, PeerCAs]  # every reachable cluster with a kubevirt-ca
+    clusters: tuple[ClusterTrust, ...]  # one per managed cluster
+    expiry: Mapping[tuple[str, str], datetime] = field(default_factory=dict)  # (cluster, peer)
+
+    @property
+    def writes(self) -> list[CaWrite]:
+        return [c.write for c in self.clusters if c.write is not None]
+
+
+def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | None:
+    """The valid CA certificates of a cluster's kubevirt-ca; problems never stop the rest."""
+    if snapshot.kubevirt_ca is None:
+        return None
+    certs, problems = trusted_cas(snapshot.kubevirt_ca.bundle, now, max_count)
+    return PeerCAs(snapshot.cluster, tuple(certs), tuple(str(p) for p in problems))
+
+
+def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[str],
+                 now: datetime, max_count: int = MAX_CERTIFICATES_IN_BUNDLE) -> TrustPlan:
+    """The CA writes every managed cluster needs. `snapshots[name] is None`: unreachable."""
+    peers = {name: cas for name, snap in sorted(snapshots.items())
+             if snap is not None and (cas := peer_cas(snap, now, max_count)) is not None}
+    decisions = tuple(_decide_cluster(name, snapshots, peers, max_count)
+                      for name in sorted(managed & set(snapshots)))
+    expiry = {(cluster, peer): when
+              for cluster in sorted(managed & set(snapshots))
+              for peer, cas in peers.items()
+              if peer != cluster and (when := cas.earliest_not_after) is not None}
+    return TrustPlan(peers, decisions, expiry)
+
+
+def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],
+                    peers: Mapping[str, PeerCAs], max_count: int) -> ClusterTrust:
+    snapshot = snapshots[name]
+    unknown = tuple(sorted(n for n, s in snapshots.items() if s is None and n != name))
+    if snapshot is None:
+        return ClusterTrust(name, Outcome.SKIPPED, "cluster unreachable")
+    if snapshot.kubevirt_ca is None:
+        # virt-operator creates kubevirt-ca when it installs; without it nobody would ever
+        # drain the inbox, and the namespace may not even exist yet.
+        return ClusterTrust(name, Outcome.SKIPPED,
+                            f"no kubevirt-ca in {snapshot.kubevirt_namespace}: KubeVirt not "
+                            "installed or not ready", unknown_peers=unknown)
+    if snapshot.external_ca is not None and snapshot.external_ca.terminating:
+        return ClusterTrust(name, Outcome.SKIPPED, "kubevirt-external-ca is being deleted",
+                            unknown_peers=unknown)
+    wanted = [cert for peer, cas in peers.items() if peer != name for cert in cas.certificates]
+    present = parse_bundle(snapshot.kubevirt_ca.bundle).certificates
+    missing = normalize(missing_from(wanted, present), max_count)
+    prints = tuple(fingerprint(cert) for cert in missing)
+    if not missing:
+        return ClusterTrust(name, Outcome.IN_SYNC, unknown_peers=unknown)
+    if snapshot.external_ca is not None and inbox_holds(snapshot.external_ca, prints):
+        return ClusterTrust(name, Outcome.PENDING, "waiting for virt-operator to merge the inbox",
+                            prints, unknown_peers=unknown)
+    write = CaWrite(cluster=name, namespace=snapshot.kubevirt_namespace, bundle=to_pem(missing),
+                    fingerprints=prints, peers=_owners(prints, peers, name),
+                    resource_version=(snapshot.external_ca.resource_version
+                                      if snapshot.external_ca is not None else None))
+    return ClusterTrust(name, Outcome.WRITE, f"{len(prints)} CA certificate(s) missing", prints,
+                        write, unknown)
+
+
+def inbox_holds(inbox: ConfigMapState, prints: tuple[str, ...]) -> bool:
+    """Whether the inbox already says exactly this: the same certificates and nothing else
+    (anything unparsable would make virt-operator ignore the whole inbox)."""
+    parsed = parse_bundle(inbox.bundle)
+    return not parsed.problems and {fingerprint(c) for c in parsed.certificates} == set(prints)
+
+
+def _owners(prints: tuple[str, ...], peers: Mapping[str, PeerCAs], cluster: str,
+            ) -> tuple[str, ...]:
+    wanted = set(prints)
+    return tuple(peer for peer, cas in peers.items() if peer != cluster
+                 and any(fingerprint(c) in wanted for c in cas.certificates))
