@@ -164,6 +164,8 @@ class ServingTLS:
 
     async def watch(self, interval: float = DEFAULT_RELOAD_INTERVAL) -> None:
         """Check the files every `interval` seconds until cancelled."""
+        if interval <= 0:
+            raise ValueError("the reload interval must be positive")  # else a busy loop
         while True:
             await asyncio.sleep(interval)
             self._reload_logged()
@@ -197,16 +199,20 @@ def reload_ctx(tls: ServingTLS, interval: float = DEFAULT_RELOAD_INTERVAL,
     """An aiohttp `cleanup_ctx` entry: watch the files (and SIGHUP) while the app runs.
 
         app.cleanup_ctx.append(reload_ctx(tls, args.cert_reload_interval))
+
+    An interval <= 0 means no polling: reload on SIGHUP only.
     """
     async def context(_app: Any) -> AsyncIterator[None]:
         hooked = sighup and add_sighup_reload(tls)
-        task = asyncio.create_task(tls.watch(interval), name="certificate-reload")
+        task = (asyncio.create_task(tls.watch(interval), name="certificate-reload")
+                if interval > 0 else None)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if hooked:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     return context

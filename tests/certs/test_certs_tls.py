@@ -337,6 +337,20 @@ async def test_reload_ctx_watches_and_reloads_on_sighup(
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "certificate-reload"]
 
 
+async def test_interval_zero_means_sighup_only(
+        tmp_path: Path, leaves: tuple[Issued, Issued], write_pair: WriteIssued,
+        restore_sighup: None) -> None:
+    tls = ServingTLS(*write_pair(leaves[0], tmp_path))
+    with pytest.raises(ValueError, match="positive"):
+        await tls.watch(0)
+    context = reload_ctx(tls, interval=0)(None)
+    await context.__anext__()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "certificate-reload"]
+    assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
+    with pytest.raises(StopAsyncIteration):
+        await context.__anext__()
+
+
 async def test_add_sighup_reload_reports_success(
         tmp_path: Path, leaves: tuple[Issued, Issued], write_pair: WriteIssued,
         restore_sighup: None) -> None:
