@@ -145,6 +145,13 @@ def client_for_spec(spec: ClusterSpec) -> k8s.ApiClient:
                                              context=spec.context, persist_config=False)
 
 
+def _client_or_error(spec: ClusterSpec) -> k8s.ApiClient:
+    try:
+        return client_for_spec(spec)
+    except Exception as err:  # the kubernetes config loader raises several types
+        raise ValueError(f"cluster {spec.name}: kubeconfig {spec.kubeconfig}: {err}") from err
+
+
 def client_for_kubeconfig(kubeconfig: Mapping[str, Any]) -> k8s.ApiClient:
     return k8s_config.new_client_from_config_dict(dict(kubeconfig), persist_config=False)
 
@@ -169,9 +176,9 @@ class Registry:
         self._list_secrets = list_secrets or self._list_peer_secrets
         self._clusters: dict[str, Cluster] = {}
         if not settings.in_pod:
-            self._clusters = {c.name: Cluster(cfg, client_for_spec(c))
-                              for c, cfg in zip(settings.clusters, flag_configs(settings),
-                                                strict=True)}
+            self._clusters = {spec.name: Cluster(cfg, _client_or_error(spec))
+                              for spec, cfg in zip(settings.clusters, flag_configs(settings),
+                                                   strict=True)}
 
     @property
     def clusters(self) -> list[Cluster]:
