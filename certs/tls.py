@@ -110,10 +110,10 @@ class ServingTLS:
         self._clock = clock
         self._pair = _load_pair(self.cert_path, self.key_path, clock())
         self._seen_digest = self._pair.digest
-        # The context the server is created with: it carries the first pair too (so it is a
-        # complete server context on its own) and redirects each handshake to the newest.
+        # The context the server is created with holds no certificate of its own: OpenSSL runs
+        # the servername callback for every ClientHello, SNI or not (tested by connecting by IP),
+        # and the callback hands the handshake to the newest pair's context.
         self.context = _server_context()
-        self.context.load_cert_chain(self.cert_path, self.key_path)
         self.context.sni_callback = self._select_context
 
     @property
