@@ -61,6 +61,12 @@ def field_path(*parts: str | int) -> str:
     return text
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """repr of a user-supplied value, cut short: messages must stay readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 RESTORE_ANNOTATION_PATH = field_path("metadata", "annotations", ANNOTATION_RESTORE_RUN_STRATEGY)
 
 
@@ -103,7 +109,7 @@ def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
     elif not isinstance(value, str):
         problem = f"must be a string, not {type(value).__name__}"
     elif not is_valid_label_value(value):
-        problem = (f"{value!r} is not a valid label value (at most 63 characters: letters, "
+        problem = (f"{shown(value)} is not a valid label value (at most 63 characters: letters, "
                    "digits, '-', '_', '.', starting and ending with a letter or digit); "
                    "choose an ID that fits so it can be used in the dlm-guard.io/migration-id "
                    "label")
@@ -133,13 +139,13 @@ def connect_url_problem(url: Any) -> str | None:
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if scheme and not url.startswith("dns:///"):
         if scheme.group(1).lower() in ("http", "https"):
-            return (f"{url!r} is an http(s) URL, but KubeVirt dials connectURL with gRPC and "
+            return (f"{shown(url)} is an http(s) URL, but KubeVirt dials connectURL with gRPC and "
                     f"wants host:port without a scheme ({example})")
-        return (f"{url!r}: scheme {scheme.group(1)!r} is not supported; use host:port, "
+        return (f"{shown(url)}: scheme {shown(scheme.group(1))} is not supported; use host:port, "
                 "[ipv6]:port or dns:///host:port")
     target = url.removeprefix("dns:///")
     problem = _host_port_problem(target)
-    return f"{url!r}: {problem}" if problem else None
+    return f"{shown(url)}: {problem}" if problem else None
 
 
 def _host_port_problem(target: str) -> str | None:
@@ -154,9 +160,9 @@ def _host_port_problem(target: str) -> str | None:
         if ":" in host:
             return "an IPv6 address needs brackets, e.g. [fd00::5]:9185"
         if not _is_host(host):
-            return f"{host!r} is not a valid IPv4 address or DNS name"
+            return f"{shown(host)} is not a valid IPv4 address or DNS name"
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        return f"port {port!r} is not a number from 1 to 65535"
+        return f"port {shown(port)} is not a number from 1 to 65535"
     return None
 
 
@@ -216,7 +222,7 @@ def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
         return []
     return [Finding(
         "duplicate-migration-id", field_path("spec", ROLE_FIELD[role], "migrationID"),
-        f"{mid!r} is already used by the {role.value} VMIM {', '.join(others)}; KubeVirt "
+        f"{shown(mid)} is already used by the {role.value} VMIM {', '.join(others)}; KubeVirt "
         "matches migrationIDs cluster-wide, finished migrations included, and takes the first "
         "match: choose a new migrationID (and delete the old VMIM if it is finished)")]
 
@@ -262,6 +268,7 @@ def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
 
 def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     gates = "spec.configuration.developerConfiguration.featureGates"
+    disabled = "spec.configuration.developerConfiguration.disabledFeatureGates"
     if kubevirt is None:
         return [Finding("feature-gate", gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
@@ -270,15 +277,15 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     enabled = _gate_state(kubevirt)
     if enabled is True:
         return []
-    if enabled is False:
-        disabled = "spec.configuration.developerConfiguration.disabledFeatureGates"
+    if enabled is False and _listed(kubevirt, "disabledFeatureGates"):
         return [Finding("feature-gate", disabled,
                         f"{where} disables {FEATURE_GATE}: remove it from {disabled}")]
     # Alpha before v1.10 (opt-in), Beta from v1.10 (on unless disabled): SPEC.md §1.
+    version = get_path(kubevirt, "status", "observedKubeVirtVersion") or "unknown"
     return [Finding("feature-gate", gates,
-                    f"{where} does not list {FEATURE_GATE} and its version (status."
-                    "observedKubeVirtVersion) is unknown or older than v1.10, where the gate "
-                    f"is off by default: add {FEATURE_GATE} to {gates}")]
+                    f"{where} does not list {FEATURE_GATE}, and before v1.10 the gate is off "
+                    f"unless listed (status.observedKubeVirtVersion: {shown(version)}): "
+                    f"add {FEATURE_GATE} to {gates}")]
 
 
 def _gate_state(kubevirt: Obj) -> bool | None:
@@ -286,6 +293,11 @@ def _gate_state(kubevirt: Obj) -> bool | None:
         return feature_gate_enabled(kubevirt)
     except (AttributeError, TypeError):  # a KubeVirt CR too malformed to tell
         return None
+
+
+def _listed(kubevirt: Obj, field: str) -> bool:
+    listed = get_path(kubevirt, "spec", "configuration", "developerConfiguration", field)
+    return isinstance(listed, list) and FEATURE_GATE in listed
 
 
 # --- Decentralized VMIM, UPDATE -------------------------------------------------------
@@ -331,7 +343,7 @@ def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
                    "(dlm-guard's mutating webhook adds it when enabled)")
     elif annotations[ANNOTATION_RESTORE_RUN_STRATEGY] not in RESTORABLE_RUN_STRATEGIES:
         value = annotations[ANNOTATION_RESTORE_RUN_STRATEGY]
-        problem = (f"{value!r} is not one of {allowed}; virt-controller copies it into "
+        problem = (f"{shown(value)} is not one of {allowed}; virt-controller copies it into "
                    "spec.runStrategy unvalidated after the migration")
     else:
         return []
