@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from prometheus_client import CollectorRegistry, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,12 @@ def _digest(cert_path: Path, key_path: Path) -> tuple[str, bytes]:
     return digest, cert_bytes
 
 
-def _load_pair(cert_path: Path, key_path: Path, now: datetime) -> _Pair:
+def _load_pair(cert_path: Path, key_path: Path, now: datetime | None) -> _Pair:
     """Load and check a pair into a fresh context; TLSLoadError when it cannot serve.
 
     The files are hashed before and after loading: if they changed in between (a writer is
-    mid-update) the result is refused and the next check sees a settled state.
+    mid-update) the result is refused and the next check sees a settled state. With `now`,
+    a certificate expired at `now` is refused too.
     """
     try:
         digest, cert_bytes = _digest(cert_path, key_path)
@@ -86,7 +88,7 @@ def _load_pair(cert_path: Path, key_path: Path, now: datetime) -> _Pair:
         raise TLSLoadError(f"{cert_path} does not hold a PEM certificate") from None
     if settled != digest:
         raise _Unsettled(f"{cert_path} / {key_path} changed while loading")
-    if now > leaf.not_valid_after_utc:
+    if now is not None and now > leaf.not_valid_after_utc:
         raise TLSLoadError(f"{cert_path} expired {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
     return _Pair(context, leaf.not_valid_after_utc, digest)
 
@@ -101,15 +103,21 @@ class ServingTLS:
     """A server-side SSLContext whose certificate follows cert_path/key_path.
 
     The constructor loads the pair and raises TLSLoadError when it cannot serve: a server
-    must not start without a certificate. Afterwards only `reload()` changes it.
+    must not start without a certificate. An expired one is accepted with a warning, so the
+    server runs not-ready (see `expired`) and recovers by reload once the Secret is renewed,
+    instead of crash-looping with back-off. Afterwards only `reload()` changes the pair.
     """
 
     def __init__(self, cert_path: str | Path, key_path: str | Path, *,
                  clock: Clock = _utcnow) -> None:
         self.cert_path, self.key_path = Path(cert_path), Path(key_path)
         self._clock = clock
-        self._pair = _load_pair(self.cert_path, self.key_path, clock())
+        self._pair = _load_pair(self.cert_path, self.key_path, None)
         self._seen_digest = self._pair.digest
+        self._unreadable = False
+        if self.expired(clock()):
+            log.warning("serving certificate has expired; waiting for a new one",
+                        extra={"not_after": self.not_after.isoformat()})
         # The context the server is created with holds no certificate of its own: OpenSSL runs
         # the servername callback for every ClientHello, SNI or not (tested by connecting by IP),
         # and the callback hands the handshake to the newest pair's context.
@@ -137,9 +145,12 @@ class ServingTLS:
             digest, _ = _digest(self.cert_path, self.key_path)
         except OSError as exc:
             # Mid-swap or deleted: try again next time, keep serving what we have.
-            log.warning("serving certificate files unreadable, keeping the current pair",
-                        extra={"error": exc.strerror or type(exc).__name__})
+            if not self._unreadable:
+                log.warning("serving certificate files unreadable, keeping the current pair",
+                            extra={"error": exc.strerror or type(exc).__name__})
+            self._unreadable = True
             return False
+        self._unreadable = False
         if digest == self._seen_digest:
             return False
         try:
@@ -171,13 +182,11 @@ class ServingTLS:
             self._reload_logged()
 
 
-def register_expiry_gauge(registry: Any, tls: ServingTLS) -> Any:
+def register_expiry_gauge(registry: CollectorRegistry, tls: ServingTLS) -> Gauge:
     """Export the serving certificate's NotAfter (Unix seconds) into `registry`.
 
     The gauge reads `tls` at scrape time, so it follows reloads without any bookkeeping.
     """
-    from prometheus_client import Gauge
-
     gauge = Gauge(EXPIRY_GAUGE_NAME, "NotAfter of the serving certificate, Unix seconds",
                   registry=registry)
     gauge.set_function(lambda: tls.not_after.timestamp())

@@ -269,6 +269,29 @@ def test_unchanged_or_missing_files_do_not_swap(
     assert tls.reload() is False and tls._pair is before
 
 
+def test_an_expired_pair_starts_expired_and_recovers_by_reload(
+        tmp_path: Path, ca: Issued, leaves: tuple[Issued, Issued], write_pair: WriteIssued,
+        caplog: pytest.LogCaptureFixture) -> None:
+    expired = make_leaf(ca, NOW - 10 * DAY, NOW - DAY, dns=["localhost"])
+    cert_path, key_path = write_pair(expired, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="certs.tls"):
+        tls = ServingTLS(cert_path, key_path)
+    assert tls.expired(NOW) and "has expired" in caplog.text
+    write_pair(leaves[0], tmp_path)
+    assert tls.reload() and not tls.expired(NOW)
+
+
+def test_missing_files_are_logged_once(
+        tmp_path: Path, leaves: tuple[Issued, Issued], write_pair: WriteIssued,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cert_path, key_path = write_pair(leaves[0], tmp_path)
+    tls = ServingTLS(cert_path, key_path)
+    cert_path.unlink()
+    with caplog.at_level(logging.WARNING, logger="certs.tls"):
+        assert not tls.reload() and not tls.reload()
+    assert len(caplog.records) == 1 and "unreadable" in caplog.text
+
+
 def test_a_server_does_not_start_with_a_broken_pair(
         tmp_path: Path, leaves: tuple[Issued, Issued], write_pair: WriteIssued) -> None:
     cert_path, key_path = write_pair(leaves[0], tmp_path)
