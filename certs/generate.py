@@ -309,8 +309,8 @@ def _ensure_ca(paths: PairPaths, now: datetime, ca_days: int, force: bool) -> tu
 
 def _reusable_leaf(paths: PairPaths, ca: Issued, now: datetime, dns: Sequence[str],
                    ips: Sequence[str], days: int) -> bool:
-    if not _existing((paths.tls_cert, paths.tls_key), "serving pair"):
-        return False
+    if not (paths.tls_cert.exists() and paths.tls_key.exists()):
+        return False  # half a pair is simply re-issued: the leaf is ours, nothing pins it
     try:
         leaf = load_issued(paths.tls_cert, paths.tls_key)
     except CertError:
@@ -330,6 +330,8 @@ def generate_pair(out_dir: Path, *, dns: Sequence[str] = (), ips: Sequence[str] 
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
     if ca_days < 1 or days < 1:
         raise ValueError("lifetimes must be at least one day")
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
     normalize_dns(dns)  # fail before touching any file
     normalize_ips(ips)
     now = now or datetime.now(UTC)

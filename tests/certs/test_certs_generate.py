@@ -159,6 +159,12 @@ def test_broken_leaf_is_reissued(pair: PairPaths, tmp_path: Path, now: datetime)
     assert again.leaf_issued and not again.ca_created
 
 
+def test_half_a_serving_pair_is_reissued(pair: PairPaths, tmp_path: Path, now: datetime) -> None:
+    pair.tls_key.unlink()
+    again = generate_pair(tmp_path / "out", dns=DNS, ips=IPS, now=now)
+    assert again.leaf_issued and not again.ca_created and again.tls_key.exists()
+
+
 @pytest.mark.parametrize(("dns", "ips", "message"), [
     ([], [], "at least one"),
     (["bad name"], [], "not a valid DNS name"),
