@@ -117,15 +117,20 @@ class Source(Protocol):
         """Unblock running watches and refuse new ones (called on stop)."""
         ...
 
+    def release(self) -> None:
+        """Free connections once the watch threads are gone."""
+        ...
+
 
 class ClusterCache:
     """Keeps `store` in step with the cluster from background threads; `ready` after the
     first list of every kind."""
 
     def __init__(self, source: Source, store: ObjectStore | None = None,
-                 resources: tuple[Resource, ...] = RESOURCES) -> None:
+                 resources: tuple[Resource, ...] = RESOURCES,
+                 delay: Callable[[int], float] = backoff_delay) -> None:
         self.store = store if store is not None else ObjectStore()
-        self._source, self._resources = source, resources
+        self._source, self._resources, self._delay = source, resources, delay
         self._stopping = threading.Event()
         self._listed: set[str] = set()
         self._lock = threading.Lock()
@@ -160,6 +165,8 @@ class ClusterCache:
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("cluster watches still blocked at shutdown", extra={"threads": alive})
+        else:
+            self._source.release()
         return not alive
 
     def _run(self, resource: Resource) -> None:
@@ -177,7 +184,7 @@ class ClusterCache:
             except Exception as err:
                 if self._stopping.is_set():
                     break
-                delay = backoff_delay(failures)
+                delay = self._delay(failures)
                 failures += 1
                 log.warning("cluster %s %s failed, retrying in %.1fs: %s",
                             "watch" if version else "list", resource.kind, delay,

@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 from webhook import engine as admission
 from webhook.decision import Decision
 from webhook.engine import Context
-from webhook.metrics import RESULT_DENIED, RESULT_ERROR, UNKNOWN, AdmissionMetrics, result_of
+from webhook.metrics import RESULT_DENIED, RESULT_ERROR, AdmissionMetrics, result_of
 from webhook.review import (
     MAX_BODY_BYTES,
     Review,
@@ -91,9 +91,12 @@ async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.R
         started = time.perf_counter()  # the histogram measures our work, not the upload
         review = decode_review(body)
     except ReviewError as err:
-        metrics.observe(endpoint, UNKNOWN, UNKNOWN, RESULT_ERROR, time.perf_counter() - started)
+        # Kind and operation unknown: recorded as "unknown" (see webhook.metrics).
+        metrics.observe(endpoint, "", "", RESULT_ERROR, time.perf_counter() - started)
         log.info("rejected admission call: %s", err.reason,
                  extra={"endpoint": endpoint, "status": err.status})
+        # An unread rest of the body is read and discarded by aiohttp for up to its
+        # lingering_time, so the client still gets to read this answer.
         return web.Response(status=err.status, text=err.reason + "\n")
     try:
         decision = decide(review.request, request.app[CONTEXT])
