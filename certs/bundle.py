@@ -132,8 +132,8 @@ def _read_block(label: str, block_lines: Sequence[str], line: int, block: int,
                 located: list[LocatedCertificate], problems: list[BundleProblem]) -> None:
     if _is_private_key(label):
         problems.append(BundleProblem(
-            ProblemKind.PRIVATE_KEY, line, f"a {label} block: private keys are never copied; "
-            "remove it from this bundle and treat the key as exposed", block))
+            ProblemKind.PRIVATE_KEY, line,
+            f"a {label} block: skipped, private keys are never copied", block))
         return
     if label != CERTIFICATE_LABEL:
         problems.append(BundleProblem(ProblemKind.NOT_CERTIFICATE, line,
