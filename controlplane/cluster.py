@@ -1,0 +1,412 @@
+"""Start N independent local clusters (etcd + kube-apiserver each) and always tear them down.
+
+The envtest pattern: real etcd and kube-apiserver processes on 127.0.0.1, no kubelet, no
+controller-manager (so no garbage collection, no default service accounts, no status updates).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane import kubeconfig, pki
+from controlplane.binaries import Binaries, binaries_or_reason
+from controlplane.process import STOP_GRACE_SECONDS, ManagedProcess
+
+START_TIMEOUT_SECONDS = 60.0
+POLL_SECONDS = 0.1
+
+
+class ClusterStartError(RuntimeError):
+    """A cluster did not come up; the message carries the tail of the failing process's log."""
+
+
+class StartCancelled(RuntimeError):
+    """Start-up was abandoned because a sibling cluster failed or the user interrupted."""
+
+
+@dataclass
+class Cluster:
+    """One running test cluster. `kubeconfig` authenticates as an admin in system:masters."""
+
+    name: str
+    workdir: Path
+    server: str
+    kubeconfig: Path
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
+    etcd_url: str
+    binaries: Binaries
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+    def get(self, path: str, timeout: float = 5.0) -> bytes:
+        """HTTPS GET on the API server as the admin, e.g. get('/version')."""
+        with urllib.request.urlopen(
+            self.server + path, context=self.ssl_context(), timeout=timeout
+        ) as resp:
+            data: bytes = resp.read()
+            return data
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.get("/version"))
+        return result
+
+    def stop(self) -> None:
+        """Stop this cluster's processes (API server first). start_clusters() also does it."""
+        for process in reversed(self.processes):
+            process.stop()
+
+
+class _Launcher:
+    """Spawns processes for all clusters; once cancelled it spawns nothing more and stops all.
+
+    Spawning and cancelling share one lock, so no process can start after teardown began.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._processes: list[tuple[int, ManagedProcess]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def spawn(
+        self, name: str, argv: Sequence[str], log: Path, cwd: Path, *, stop_wave: int
+    ) -> ManagedProcess:
+        """Start a process; stop_all() stops wave 0 (API servers) before wave 1 (etcd)."""
+        with self._lock:
+            if self._cancelled.is_set():
+                raise StartCancelled(name)
+            process = ManagedProcess.spawn(name, argv, log, cwd)
+            self._processes.append((stop_wave, process))
+            return process
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            processes = list(self._processes)
+        for wave in sorted({w for w, _ in processes}):
+            _stop_together([p for w, p in processes if w == wave])
+
+
+def _stop_together(processes: list[ManagedProcess]) -> None:
+    """SIGTERM all at once, then reap each within one shared grace period.
+
+    Callers stop API servers before etcd: a kube-apiserver whose etcd is gone hangs in its
+    shutdown until killed (about 1 s with etcd up, the whole grace period without).
+    """
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in processes:
+        process.stop(grace=deadline - time.monotonic())
+
+
+_ports_lock = threading.Lock()
+_ports_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just had free on 127.0.0.1, never the same one twice in this process."""
+    with _ports_lock:
+        sockets: list[socket.socket] = []
+        ports: list[int] = []
+        try:
+            while len(ports) < count:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+                if port not in _ports_handed_out:
+                    ports.append(port)
+                    _ports_handed_out.add(port)
+        finally:
+            for sock in sockets:
+                sock.close()
+        return ports
+
+
+# ------------------------------------------------------------------------------- one cluster
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a cluster's files live inside its work directory."""
+
+    root: Path
+    ca_cert: Path
+    ca_key: Path
+    serving_cert: Path
+    serving_key: Path
+    client_cert: Path
+    client_key: Path
+    sa_key: Path
+    sa_pub: Path
+    kubeconfig: Path
+    etcd_data: Path
+    etcd_log: Path
+    apiserver_log: Path
+
+    @classmethod
+    def under(cls, root: Path) -> _Layout:
+        pki_dir = root / "pki"
+        return cls(
+            root=root,
+            ca_cert=pki_dir / "ca.crt",
+            ca_key=pki_dir / "ca.key",
+            serving_cert=pki_dir / "apiserver.crt",
+            serving_key=pki_dir / "apiserver.key",
+            client_cert=pki_dir / "admin.crt",
+            client_key=pki_dir / "admin.key",
+            sa_key=pki_dir / "sa.key",
+            sa_pub=pki_dir / "sa.pub",
+            kubeconfig=root / "kubeconfig",
+            etcd_data=root / "etcd-data",
+            etcd_log=root / "etcd.log",
+            apiserver_log=root / "kube-apiserver.log",
+        )
+
+
+def _write_pki(layout: _Layout, name: str) -> tuple[pki.KeyPair, pki.KeyPair]:
+    """CA, serving cert (IP SAN 127.0.0.1), admin client cert, service-account key pair."""
+    (layout.root / "pki").mkdir(parents=True, exist_ok=True)
+    ca = pki.new_ca(f"{name}-ca")
+    ca.write(layout.ca_cert, layout.ca_key)
+    pki.serving_cert(
+        ca, "kube-apiserver", dns=("localhost", "kubernetes", "kubernetes.default")
+    ).write(layout.serving_cert, layout.serving_key)
+    admin = pki.client_cert(ca, "admin", groups=("system:masters",))
+    admin.write(layout.client_cert, layout.client_key)
+    sa_key = pki.new_key()
+    layout.sa_key.write_bytes(pki.private_key_pem(sa_key))
+    layout.sa_pub.write_bytes(pki.public_key_pem(sa_key))
+    return ca, admin
+
+
+def _etcd_argv(binaries: Binaries, layout: _Layout, name: str, client: int, peer: int) -> list[str]:
+    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    return [
+        str(binaries.etcd),
+        f"--name={name}",
+        f"--data-dir={layout.etcd_data}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={name}={peer_url}",
+        "--unsafe-no-fsync",  # etcd >= 3.5; test data is thrown away anyway
+        "--log-level=warn",
+    ]
+
+
+def _apiserver_argv(
+    binaries: Binaries, layout: _Layout, etcd_url: str, port: int, extra: Sequence[str]
+) -> list[str]:
+    # No --advertise-address: a loopback one is rejected (since 1.21); the default route's
+    # interface supplies one. ServiceAccount admission is off: no controller makes the accounts.
+    return [
+        str(binaries.kube_apiserver),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={layout.root / 'pki'}",
+        f"--tls-cert-file={layout.serving_cert}",
+        f"--tls-private-key-file={layout.serving_key}",
+        f"--client-ca-file={layout.ca_cert}",
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--allow-privileged=true",
+        "--disable-admission-plugins=ServiceAccount",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={layout.sa_pub}",
+        f"--service-account-signing-key-file={layout.sa_key}",
+        *extra,
+    ]
+
+
+def _failure(name: str, process: ManagedProcess, what: str) -> ClusterStartError:
+    return ClusterStartError(
+        f"cluster {name}: {process.name} {what}; last lines of {process.log}:\n{process.tail()}"
+    )
+
+
+def _wait_until(
+    probe: Any, process: ManagedProcess, launcher: _Launcher, cluster: str, deadline: float
+) -> None:
+    """Poll probe() until it returns True; fail fast if the process dies or start is cancelled."""
+    while not probe():
+        if launcher.cancelled:
+            raise StartCancelled(cluster)
+        code = process.exit_code()
+        if code is not None:
+            raise _failure(cluster, process, f"exited with code {code}")
+        if time.monotonic() > deadline:
+            raise _failure(cluster, process, "was not ready in time")
+        time.sleep(POLL_SECONDS)
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _start_one(
+    name: str, root: Path, binaries: Binaries, launcher: _Launcher, options: _Options
+) -> Cluster:
+    deadline = time.monotonic() + options.timeout
+    layout = _Layout.under(root / name)
+    ca, admin = _write_pki(layout, name)
+    etcd_client, etcd_peer, api_port = free_ports(3)
+    etcd = launcher.spawn(
+        f"etcd[{name}]",
+        _etcd_argv(binaries, layout, name, etcd_client, etcd_peer),
+        layout.etcd_log,
+        layout.root,
+        stop_wave=1,
+    )
+    etcd_url = f"http://127.0.0.1:{etcd_client}"
+    _wait_until(lambda: _http_ok(f"{etcd_url}/health"), etcd, launcher, name, deadline)
+    apiserver = launcher.spawn(
+        f"kube-apiserver[{name}]",
+        _apiserver_argv(binaries, layout, etcd_url, api_port, options.apiserver_args),
+        layout.apiserver_log,
+        layout.root,
+        stop_wave=0,
+    )
+    server = f"https://127.0.0.1:{api_port}"
+    cluster = Cluster(
+        name=name,
+        workdir=layout.root,
+        server=server,
+        kubeconfig=layout.kubeconfig,
+        ca_cert=layout.ca_cert,
+        client_cert=layout.client_cert,
+        client_key=layout.client_key,
+        etcd_url=etcd_url,
+        binaries=binaries,
+        processes=[etcd, apiserver],
+    )
+    kubeconfig.write(
+        layout.kubeconfig,
+        kubeconfig.render(name, server, ca.cert_pem(), admin.cert_pem(), admin.key_pem()),
+    )
+    context = cluster.ssl_context()
+    _wait_until(lambda: _http_ok(f"{server}/readyz", context), apiserver, launcher, name, deadline)
+    return cluster
+
+
+# ------------------------------------------------------------------------------- N clusters
+
+
+@dataclass(frozen=True)
+class _Options:
+    timeout: float
+    apiserver_args: tuple[str, ...]
+
+
+def _resolve_binaries(binaries: Binaries | None) -> Binaries:
+    if binaries is not None:
+        return binaries
+    found = binaries_or_reason()
+    if isinstance(found, str):
+        raise ClusterStartError(found)
+    return found
+
+
+def _first_real_error(futures: list[Future[Cluster]]) -> BaseException | None:
+    """The error to report: a sibling's StartCancelled is only a consequence of another failure."""
+    errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, StartCancelled)]
+    return (real or errors or [None])[0]
+
+
+def _start_parallel(
+    names: Sequence[str], root: Path, binaries: Binaries, launcher: _Launcher, options: _Options
+) -> list[Cluster]:
+    pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="cluster-start")
+    futures = [pool.submit(_start_one, n, root, binaries, launcher, options) for n in names]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() is not None for f in done):
+            launcher.stop_all()  # siblings stop waiting at their next poll
+            wait(futures)
+        error = _first_real_error(futures)
+        if error is not None:
+            raise error
+        return [f.result() for f in futures]
+    finally:
+        # On KeyboardInterrupt too: stop everything before waiting for the threads.
+        if any(not f.done() or f.exception() for f in futures):
+            launcher.stop_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _make_root(workdir: Path | None) -> tuple[Path, bool]:
+    """(directory, whether we own it and must delete it)."""
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="dlm-guard-cp-")), True
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir, False
+
+
+def _cleanup(root: Path, owned: bool, names: Sequence[str]) -> None:
+    if owned:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for name in names:  # keep logs, certs and kubeconfigs for the caller; drop the databases
+        shutil.rmtree(_Layout.under(root / name).etcd_data, ignore_errors=True)
+
+
+@contextmanager
+def start_clusters(
+    n: int = 2,
+    workdir: Path | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    binaries: Binaries | None = None,
+    timeout: float = START_TIMEOUT_SECONDS,
+    apiserver_args: Sequence[str] = (),
+) -> Iterator[list[Cluster]]:
+    """Start `n` clusters in parallel; yield them ready (/readyz ok); tear all down on exit.
+
+    Without `workdir` a temporary directory is used and removed. With one, each cluster gets a
+    sub-directory (logs, certs, kubeconfig) that is kept; only etcd's data is removed.
+    """
+    cluster_names = list(names) if names is not None else [f"cluster{i + 1}" for i in range(n)]
+    resolved = _resolve_binaries(binaries)
+    root, owned = _make_root(workdir)
+    launcher = _Launcher()
+    options = _Options(timeout=timeout, apiserver_args=tuple(apiserver_args))
+    try:
+        yield _start_parallel(cluster_names, root, resolved, launcher, options)
+    finally:
+        launcher.stop_all()
+        _cleanup(root, owned, cluster_names)
