@@ -154,17 +154,24 @@ class Watcher(threading.Thread):
         self._poke = poke
         self._stopped = threading.Event()
         self._watch: k8s_watch.Watch | None = None
+        self.ready = threading.Event()  # set once the first list succeeded: watching from now
 
     def stop(self) -> None:
         self._stopped.set()
         if self._watch is not None:
-            self._watch.stop()
+            self._watch.stop()  # takes effect at the next event only...
+            # ...so also close the streaming response to end a blocked read now.
+            response = getattr(self._watch, "_resp", None)
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.close()
 
     def run(self) -> None:
         delay, first = 1.0, True
         while not self._stopped.is_set():
             try:
                 version = self._resource_version()
+                self.ready.set()
                 if not first:  # we may have missed changes while not watching
                     self._poke()
                 first = False
@@ -236,6 +243,11 @@ class WatchSet:
     def stop(self) -> None:
         self.sync([])
 
+    def all_ready(self) -> bool:
+        """Every current watch has listed once (False before the first sync)."""
+        return bool(self._by_cluster) and all(
+            w.ready.is_set() for _, watchers in self._by_cluster.values() for w in watchers)
+
 
 # --- the service ---------------------------------------------------------------------------------
 class Service:
@@ -252,6 +264,8 @@ class Service:
         self._trigger = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_tick = time.monotonic()
+        self.port: int | None = None  # bound /metrics port, once serving
+        self.watches = WatchSet(settings, self.poke)
 
     def healthy(self) -> bool:
         limit = self._settings.resync_period.total_seconds() * 2 + 120
@@ -264,10 +278,10 @@ class Service:
 
     async def run(self, host: str = "0.0.0.0") -> int:
         self._loop = asyncio.get_running_loop()
-        runner, port = await start_server(make_app(self._metrics, self.healthy), host,
-                                          self._settings.metrics_port)
-        log.info("serving /healthz and /metrics", extra={"port": port})
-        watches = WatchSet(self._settings, self.poke)
+        runner, self.port = await start_server(make_app(self._metrics, self.healthy), host,
+                                               self._settings.metrics_port)
+        log.info("serving /healthz and /metrics", extra={"port": self.port})
+        watches = self.watches
         leader_task = (asyncio.create_task(self._leader.run(self._on_leadership))
                        if self._leader else None)
         try:

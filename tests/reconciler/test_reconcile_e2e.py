@@ -1,0 +1,373 @@
+"""The reconciler against two real local clusters (etcd + kube-apiserver from the harness).
+
+Nothing runs KubeVirt here: the tests play virt-operator (merging the inbox into kubevirt-ca)
+and virt-controller (writing VMIM status) by hand, exactly as SPEC.md §1 and §4 describe.
+The tests share one pair of clusters and run in order; the last one stops a peer's apiserver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from certs.bundle import parse_bundle, to_pem
+from certs.generate import make_ca
+from controlplane import Cluster, install_crds_on, start_clusters
+from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
+from reconciler import cli
+from reconciler.clusters import Registry
+from reconciler.loop import PassReport, Reconciler, Service
+from reconciler.metrics import ReconcilerMetrics
+
+pytestmark = pytest.mark.e2e
+
+NS = "kubevirt"
+VM_NS = "vms"
+NOW = datetime.now(UTC)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def new_ca(name: str, start: timedelta = -timedelta(hours=1),
+           end: timedelta = timedelta(days=7)) -> x509.Certificate:
+    return make_ca(NOW + start, NOW + end, common_name=f"kubevirt.io@{name}").cert
+
+
+class Api:
+    """A cluster's API as the tests (KubeVirt's stand-ins) use it."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.client = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig),
+                                                        persist_config=False)
+        self.core = k8s.CoreV1Api(self.client)
+        self.custom = k8s.CustomObjectsApi(self.client)
+
+    def ensure_namespace(self, name: str) -> None:
+        try:
+            self.core.create_namespace(k8s.V1Namespace.model_validate({"metadata":
+                                                                       {"name": name}}))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def configmap(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.sanitize_for_serialization(
+                self.core.read_namespaced_config_map(name, NS))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def bundle(self, name: str) -> str | None:
+        cm = self.configmap(name)
+        return None if cm is None else (cm.get("data") or {}).get("ca-bundle", "")
+
+    def rv(self, name: str) -> str | None:
+        cm = self.configmap(name)
+        return None if cm is None else cm["metadata"]["resourceVersion"]
+
+    def set_bundle(self, name: str, text: str) -> None:
+        body = {"metadata": {"name": name, "namespace": NS}, "data": {"ca-bundle": text}}
+        if self.configmap(name) is None:
+            self.core.create_namespaced_config_map(NS, k8s.V1ConfigMap.model_validate(body))
+        else:
+            self.core.patch_namespaced_config_map(
+                name, NS, body, _content_type="application/merge-patch+json")
+
+    def merge_inbox(self) -> None:
+        """What virt-operator does: merge kubevirt-external-ca into kubevirt-ca, reset it."""
+        inbox = self.bundle("kubevirt-external-ca") or ""
+        merged = parse_bundle((self.bundle("kubevirt-ca") or "") + inbox).certificates
+        self.set_bundle("kubevirt-ca", to_pem(merged))
+        self.set_bundle("kubevirt-external-ca", "")
+
+    def events(self, reason: str, namespace: str = NS) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(namespace).items
+                if e.reason == reason]
+
+    # KubeVirt objects
+    def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            "kubevirt.io", "v1", VM_NS, plural, obj)
+        return result
+
+    def set_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            "kubevirt.io", "v1", VM_NS, plural, name, {"status": status},
+            _content_type="application/merge-patch+json")
+
+    def exists(self, plural: str, name: str) -> bool:
+        try:
+            self.custom.get_namespaced_custom_object("kubevirt.io", "v1", VM_NS, plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+
+@pytest.fixture(scope="module")
+def pair(binaries, tmp_path_factory) -> Iterator[tuple[Cluster, Cluster]]:  # noqa: F811
+    """Two clusters of our own: the last test stops one, so they are not shared."""
+    with start_clusters(2, tmp_path_factory.mktemp("reconcile-e2e"), names=["east", "west"],
+                        binaries=binaries) as started:
+        install_crds_on(started)
+        yield started[0], started[1]
+
+
+@pytest.fixture(scope="module")
+def east(pair) -> Api:
+    return Api(pair[0])
+
+
+@pytest.fixture(scope="module")
+def west(pair) -> Api:
+    return Api(pair[1])
+
+
+@pytest.fixture(scope="module")
+def cas() -> dict[str, x509.Certificate]:
+    return {"east1": new_ca("east1"), "west1": new_ca("west1"),
+            "west-expired": new_ca("west0", -timedelta(days=9), -timedelta(days=2)),
+            "west2": new_ca("west2"), "east2": new_ca("east2"), "east3": new_ca("east3")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """cli.main() sets up logging for a process; give the next tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def flags(pair: tuple[Cluster, Cluster], *extra: str, manage: tuple[str, ...] = ("east", "west"),
+          ) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    argv = ["reconcile", "--cluster", f"east={pair[0].kubeconfig}",
+            "--cluster", f"west={pair[1].kubeconfig}", "--api-timeout", "5s", *extra]
+    for name in manage:
+        argv += ["--manage", name]
+    return parser.parse_args(argv)
+
+
+def run_once(pair: tuple[Cluster, Cluster], *extra: str, manage: tuple[str, ...] = ("east", "west"),
+             metrics: ReconcilerMetrics | None = None) -> PassReport:
+    """One `reconcile --once` pass, in process, returning its report."""
+    settings = cli.settings_from_args(flags(pair, "--once", *extra, manage=manage))
+    registry = Registry(settings)
+    try:
+        return Reconciler(settings, registry, metrics or ReconcilerMetrics()).run_pass()
+    finally:
+        registry.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+# --- CA trust ----------------------------------------------------------------------------------
+def test_each_inbox_gets_exactly_the_other_clusters_missing_cas(pair, east, west, cas):
+    for api in (east, west):
+        api.ensure_namespace(NS)
+    east.set_bundle("kubevirt-ca", to_pem([cas["east1"]]))
+    west.set_bundle("kubevirt-ca", to_pem([cas["west1"], cas["west-expired"]]))
+
+    report = run_once(pair)
+
+    assert report.ok, report.errors
+    assert east.bundle("kubevirt-external-ca") == to_pem([cas["west1"]])  # not the expired one
+    assert west.bundle("kubevirt-external-ca") == to_pem([cas["east1"]])
+    assert east.events("CATrustSynced") and west.events("CATrustSynced")
+
+
+def test_the_cli_entry_point_exits_0_and_a_second_run_writes_nothing(pair, east, west):
+    before = (east.rv("kubevirt-external-ca"), west.rv("kubevirt-external-ca"))
+    assert cli.main(flags(pair, "--once", "--log-level", "warning")) == 0
+    assert (east.rv("kubevirt-external-ca"), west.rv("kubevirt-external-ca")) == before
+
+
+def test_after_virt_operator_merged_the_inbox_nothing_is_written(pair, east, west):
+    east.merge_inbox()
+    west.merge_inbox()
+    before = (east.rv("kubevirt-external-ca"), west.rv("kubevirt-external-ca"))
+    report = run_once(pair)
+    assert report.ok and report.errors == []
+    assert (east.rv("kubevirt-external-ca"), west.rv("kubevirt-external-ca")) == before
+    assert east.bundle("kubevirt-external-ca") == ""
+
+
+def test_a_rotated_ca_is_synced(pair, east, west, cas):
+    west.set_bundle("kubevirt-ca", to_pem([cas["west1"], cas["west2"], cas["east1"]]))
+    report = run_once(pair)
+    assert report.ok, report.errors
+    assert east.bundle("kubevirt-external-ca") == to_pem([cas["west2"]])
+    east.merge_inbox()
+
+
+def test_a_read_only_cluster_is_never_written(pair, east, west, cas):
+    east.set_bundle("kubevirt-ca", (east.bundle("kubevirt-ca") or "") + to_pem([cas["east2"]]))
+    before = west.rv("kubevirt-external-ca")
+    report = run_once(pair, manage=("east",))
+    assert report.ok, report.errors
+    assert west.rv("kubevirt-external-ca") == before  # east2 is missing there, but read-only
+    assert run_once(pair, "--dry-run").ok  # dry run: decides, writes nothing
+    assert west.rv("kubevirt-external-ca") == before
+    assert run_once(pair).ok
+    assert west.bundle("kubevirt-external-ca") == to_pem([cas["east2"]])
+    west.merge_inbox()
+
+
+# --- the long-running service: watch-driven passes, /healthz, /metrics ----------------------------
+def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, cas):
+    settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", "--resync-period", "1h"))
+    registry = Registry(settings)
+    service = Service(settings, registry, ReconcilerMetrics())
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(service.run(host="127.0.0.1"))
+
+    def serve() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        # After the first pass, every watch has listed: changes from now on are seen.
+        eventually(lambda: service.port is not None and service.watches.all_ready())
+        east.set_bundle("kubevirt-ca", (east.bundle("kubevirt-ca") or "") +
+                        to_pem([cas["east3"]]))
+        # Resync is 1h: only the kubevirt-ca watch can trigger this pass.
+        eventually(lambda: west.bundle("kubevirt-external-ca") == to_pem([cas["east3"]]))
+        base = f"http://127.0.0.1:{service.port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert 'dlm_guard_cluster_up{cluster="west"} 1.0' in text
+        assert 'dlm_guard_ca_sync_total{cluster="west",result="updated"}' in text
+        assert 'dlm_guard_peer_ca_expiry_timestamp_seconds{cluster="east",peer="west"}' in text
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=30)
+        registry.close()
+    assert not thread.is_alive()
+    west.merge_inbox()
+
+
+# --- migration clean-up ---------------------------------------------------------------------------
+def vm(name: str, run_strategy: str) -> dict[str, Any]:
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": VM_NS},
+            "spec": {"runStrategy": run_strategy, "template": {"spec": {
+                "domain": {"devices": {}, "resources": {"requests": {"memory": "128Mi"}}}}}}}
+
+
+def vmim(name: str, role: str, mid: str, vmi: str) -> dict[str, Any]:
+    side = ({"sendTo": {"migrationID": mid, "connectURL": "10.0.0.1:9185"}} if role == "sendTo"
+            else {"receive": {"migrationID": mid}})
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": name, "namespace": VM_NS}, "spec": {"vmiName": vmi, **side}}
+
+
+def failed_status(at: datetime) -> dict[str, Any]:
+    """The status virt-controller leaves on a failed migration (SPEC.md §4)."""
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"phase": "Failed", "phaseTransitionTimestamps": [
+        {"phase": "Pending", "phaseTransitionTimestamp": stamp},
+        {"phase": "Failed", "phaseTransitionTimestamp": stamp}]}
+
+
+def test_failed_migration_leftovers_are_deleted_and_the_source_vm_is_untouched(pair, east, west):
+    for api in (east, west):
+        api.ensure_namespace(VM_NS)
+    west.create("virtualmachines", vm("guest", "Always"))  # the source
+    west.create("virtualmachineinstancemigrations", vmim("guest-out", "sendTo", "mig-1", "guest"))
+    east.create("virtualmachines", vm("guest", "WaitAsReceiver"))  # the target
+    east.create("virtualmachineinstancemigrations", vmim("guest-in", "receive", "mig-1", "guest"))
+    # An unrelated, still waiting pair must survive.
+    east.create("virtualmachines", vm("other", "WaitAsReceiver"))
+    east.create("virtualmachineinstancemigrations", vmim("other-in", "receive", "mig-2", "other"))
+    west.create("virtualmachineinstancemigrations", vmim("other-out", "sendTo", "mig-2", "other"))
+    failed_at = datetime.now(UTC) - timedelta(minutes=1)
+    east.set_status("virtualmachineinstancemigrations", "guest-in", failed_status(failed_at))
+    west.set_status("virtualmachineinstancemigrations", "guest-out", failed_status(failed_at))
+    source_vm_before = west.custom.get_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachines", "guest")
+
+    metrics = ReconcilerMetrics()
+    report = run_once(pair, "--gc-grace", "0", metrics=metrics)
+
+    assert report.ok, report.errors
+    assert not east.exists("virtualmachineinstancemigrations", "guest-in")
+    assert not east.exists("virtualmachines", "guest")  # the WaitAsReceiver target VM
+    assert not west.exists("virtualmachineinstancemigrations", "guest-out")
+    source_vm_after = west.custom.get_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachines", "guest")
+    assert source_vm_after["metadata"]["resourceVersion"] == \
+        source_vm_before["metadata"]["resourceVersion"]
+    for name in ("other-in",):
+        assert east.exists("virtualmachineinstancemigrations", name)
+    assert east.exists("virtualmachines", "other")
+    assert west.exists("virtualmachineinstancemigrations", "other-out")
+    assert east.events("MigrationCleanedUp", VM_NS)
+    text = metrics.exposition().decode()
+    assert 'dlm_guard_gc_deletions_total{reason="failed-target"} 2.0' in text
+    assert 'dlm_guard_gc_deletions_total{reason="failed-source"} 1.0' in text
+
+
+def test_gc_dry_run_deletes_nothing(pair, east):
+    east.create("virtualmachines", vm("dry", "WaitAsReceiver"))
+    east.create("virtualmachineinstancemigrations", vmim("dry-in", "receive", "mig-3", "dry"))
+    east.set_status("virtualmachineinstancemigrations", "dry-in",
+                    failed_status(datetime.now(UTC) - timedelta(minutes=1)))
+    report = run_once(pair, "--gc-grace", "0", "--dry-run")
+    assert report.ok and [r.outcome for _, r in report.deletions] == ["dry-run", "dry-run"]
+    assert east.exists("virtualmachineinstancemigrations", "dry-in")
+    assert east.exists("virtualmachines", "dry")
+
+
+# --- a peer goes down (keep last: it stops west's apiserver) ------------------------------------
+def test_a_peer_going_down_leaves_the_other_cluster_intact_and_reports_the_error(pair, east):
+    names = ("kubevirt-ca", "kubevirt-external-ca")
+    before = {n: (east.rv(n), east.bundle(n)) for n in names}
+    vmims_before = east.custom.list_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations")["items"]
+    pair[1].processes[-1].stop()  # west's kube-apiserver
+
+    metrics = ReconcilerMetrics()
+    started = time.monotonic()
+    report = run_once(pair, "--orphan-ttl", "0", metrics=metrics)
+
+    assert time.monotonic() - started < 60
+    assert not report.ok and any("west" in error for error in report.errors)
+    assert {n: (east.rv(n), east.bundle(n)) for n in names} == before
+    vmims_after = east.custom.list_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations")["items"]
+    # Orphan clean-up needs every cluster reachable: nothing of east's was deleted.
+    assert [o["metadata"]["resourceVersion"] for o in vmims_after] == \
+        [o["metadata"]["resourceVersion"] for o in vmims_before]
+    text = metrics.exposition().decode()
+    assert 'dlm_guard_cluster_up{cluster="west"} 0.0' in text
+    assert 'dlm_guard_cluster_up{cluster="east"} 1.0' in text
+    assert cli.main(flags(pair, "--once", "--log-level", "error")) == 1
