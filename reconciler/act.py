@@ -152,7 +152,7 @@ class Actor:
     # --- GC deletions -------------------------------------------------------------------
     def delete(self, deletion: Deletion, observed: Obj | None) -> ActResult:
         context = {"cluster": deletion.cluster, "kind": deletion.kind,
-                   "namespace": deletion.namespace, "name": deletion.name,
+                   "object": f"{deletion.namespace}/{deletion.name}",
                    "reason": deletion.reason, "detail": deletion.detail}
         result = self._delete(deletion, observed)
         if result.outcome == "deleted":

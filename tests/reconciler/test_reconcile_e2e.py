@@ -149,11 +149,14 @@ def cas() -> dict[str, x509.Certificate]:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """cli.main() sets up logging for a process; give the next tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    """Every log call of ours really formats a record (a bad `extra` key raises), and
+    cli.main()'s process-wide logging set-up is undone for the next tests."""
+    root, ours = logging.getLogger(), logging.getLogger("reconciler")
+    handlers, level, our_level = root.handlers[:], root.level, ours.level
+    ours.setLevel(logging.DEBUG)
     yield
     root.handlers[:], root.level = handlers, level
+    ours.setLevel(our_level)
 
 
 def flags(pair: tuple[Cluster, Cluster], *extra: str, manage: tuple[str, ...] = ("east", "west"),
