@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.process import log_tail
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "tools" / "testbin" / "build.sh"
 VERSIONS_FILE = REPO_ROOT / "tools" / "testbin" / "versions.env"
@@ -91,7 +93,7 @@ def build_binaries(log: Path | None = None) -> Binaries | str:
 
     Progress goes to `log`, or to our stderr when no log is given.
     """
-    if not shutil.which("go") and not os.environ.get("KUBEBUILDER_ASSETS"):
+    if not shutil.which("go"):
         return "Go is not installed, so tools/testbin/build.sh cannot build the binaries"
     argv = ["bash", str(BUILD_SCRIPT), "kube"]
     if log is None:
@@ -100,6 +102,6 @@ def build_binaries(log: Path | None = None) -> Binaries | str:
         with open(log, "ab") as sink:
             result = subprocess.run(argv, stdout=sink, stderr=sink, check=False)
     if result.returncode != 0:
-        where = f" (log: {log})" if log else ""
-        return f"tools/testbin/build.sh failed with exit code {result.returncode}{where}"
+        said = f" (log {log}):\n{log_tail(log, 8)}" if log else ""
+        return f"tools/testbin/build.sh failed with exit code {result.returncode}{said}"
     return binaries_or_reason()

@@ -6,36 +6,34 @@ controller-manager (so no garbage collection, no default service accounts, no st
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
-import socket
 import ssl
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane import kubeconfig, pki
 from controlplane.binaries import Binaries, binaries_or_reason
-from controlplane.process import STOP_GRACE_SECONDS, ManagedProcess
+from controlplane.ports import free_ports
+from controlplane.process import Launcher, ManagedProcess, StartCancelled
 
 START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.1
+PORT_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 class ClusterStartError(RuntimeError):
     """A cluster did not come up; the message carries the tail of the failing process's log."""
-
-
-class StartCancelled(RuntimeError):
-    """Start-up was abandoned because a sibling cluster failed or the user interrupted."""
 
 
 @dataclass
@@ -78,77 +76,6 @@ class Cluster:
         """Stop this cluster's processes (API server first). start_clusters() also does it."""
         for process in reversed(self.processes):
             process.stop()
-
-
-class _Launcher:
-    """Spawns processes for all clusters; once cancelled it spawns nothing more and stops all.
-
-    Spawning and cancelling share one lock, so no process can start after teardown began.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancelled = threading.Event()
-        self._processes: list[tuple[int, ManagedProcess]] = []
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def spawn(
-        self, name: str, argv: Sequence[str], log: Path, cwd: Path, *, stop_wave: int
-    ) -> ManagedProcess:
-        """Start a process; stop_all() stops wave 0 (API servers) before wave 1 (etcd)."""
-        with self._lock:
-            if self._cancelled.is_set():
-                raise StartCancelled(name)
-            process = ManagedProcess.spawn(name, argv, log, cwd)
-            self._processes.append((stop_wave, process))
-            return process
-
-    def stop_all(self) -> None:
-        with self._lock:
-            self._cancelled.set()
-            processes = list(self._processes)
-        for wave in sorted({w for w, _ in processes}):
-            _stop_together([p for w, p in processes if w == wave])
-
-
-def _stop_together(processes: list[ManagedProcess]) -> None:
-    """SIGTERM all at once, then reap each within one shared grace period.
-
-    Callers stop API servers before etcd: a kube-apiserver whose etcd is gone hangs in its
-    shutdown until killed (about 1 s with etcd up, the whole grace period without).
-    """
-    for process in processes:
-        process.terminate()
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for process in processes:
-        process.stop(grace=deadline - time.monotonic())
-
-
-_ports_lock = threading.Lock()
-_ports_handed_out: set[int] = set()
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just had free on 127.0.0.1, never the same one twice in this process."""
-    with _ports_lock:
-        sockets: list[socket.socket] = []
-        ports: list[int] = []
-        try:
-            while len(ports) < count:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-                if port not in _ports_handed_out:
-                    ports.append(port)
-                    _ports_handed_out.add(port)
-        finally:
-            for sock in sockets:
-                sock.close()
-        return ports
 
 
 # ------------------------------------------------------------------------------- one cluster
@@ -256,7 +183,11 @@ def _failure(name: str, process: ManagedProcess, what: str) -> ClusterStartError
 
 
 def _wait_until(
-    probe: Any, process: ManagedProcess, launcher: _Launcher, cluster: str, deadline: float
+    probe: Callable[[], bool],
+    process: ManagedProcess,
+    launcher: Launcher,
+    cluster: str,
+    deadline: float,
 ) -> None:
     """Poll probe() until it returns True; fail fast if the process dies or start is cancelled."""
     while not probe():
@@ -278,31 +209,82 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         return False
 
 
-def _start_one(
-    name: str, root: Path, binaries: Binaries, launcher: _Launcher, options: _Options
-) -> Cluster:
-    deadline = time.monotonic() + options.timeout
-    layout = _Layout.under(root / name)
-    ca, admin = _write_pki(layout, name)
-    etcd_client, etcd_peer, api_port = free_ports(3)
+@dataclass(frozen=True)
+class _Run:
+    """What every cluster of one start_clusters() call shares."""
+
+    binaries: Binaries
+    deadline: float
+    apiserver_args: tuple[str, ...]
+
+
+def _retry_port_clash(start: Callable[[], T]) -> T:
+    """Run start(); again with fresh ports if a port we picked was taken before the bind."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return start()
+        except ClusterStartError as exc:
+            if attempt + 1 == PORT_ATTEMPTS or "address already in use" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_etcd(
+    name: str, layout: _Layout, binaries: Binaries, launcher: Launcher, deadline: float
+) -> tuple[ManagedProcess, str]:
+    client, peer = free_ports(2)
+    shutil.rmtree(layout.etcd_data, ignore_errors=True)  # a retry must not reuse old member data
     etcd = launcher.spawn(
         f"etcd[{name}]",
-        _etcd_argv(binaries, layout, name, etcd_client, etcd_peer),
+        _etcd_argv(binaries, layout, name, client, peer),
         layout.etcd_log,
         layout.root,
         stop_wave=1,
     )
-    etcd_url = f"http://127.0.0.1:{etcd_client}"
-    _wait_until(lambda: _http_ok(f"{etcd_url}/health"), etcd, launcher, name, deadline)
+    url = f"http://127.0.0.1:{client}"
+    _wait_until(functools.partial(_http_ok, f"{url}/health"), etcd, launcher, name, deadline)
+    return etcd, url
+
+
+def _admin_context(layout: _Layout) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(layout.ca_cert))
+    ctx.load_cert_chain(str(layout.client_cert), str(layout.client_key))
+    return ctx
+
+
+def _start_apiserver(
+    name: str, layout: _Layout, etcd_url: str, launcher: Launcher, run: _Run
+) -> tuple[ManagedProcess, str]:
+    (port,) = free_ports(1)
     apiserver = launcher.spawn(
         f"kube-apiserver[{name}]",
-        _apiserver_argv(binaries, layout, etcd_url, api_port, options.apiserver_args),
+        _apiserver_argv(run.binaries, layout, etcd_url, port, run.apiserver_args),
         layout.apiserver_log,
         layout.root,
         stop_wave=0,
     )
-    server = f"https://127.0.0.1:{api_port}"
-    cluster = Cluster(
+    server = f"https://127.0.0.1:{port}"
+    context = _admin_context(layout)
+    probe = functools.partial(_http_ok, f"{server}/readyz", context)
+    _wait_until(probe, apiserver, launcher, name, run.deadline)
+    return apiserver, server
+
+
+def _start_one(name: str, root: Path, launcher: Launcher, run: _Run) -> Cluster:
+    """PKI, etcd (waited for), kube-apiserver (waited for on /readyz), then the kubeconfig."""
+    layout = _Layout.under(root / name)
+    ca, admin = _write_pki(layout, name)
+    etcd, etcd_url = _retry_port_clash(
+        lambda: _start_etcd(name, layout, run.binaries, launcher, run.deadline)
+    )
+    apiserver, server = _retry_port_clash(
+        lambda: _start_apiserver(name, layout, etcd_url, launcher, run)
+    )
+    kubeconfig.write(
+        layout.kubeconfig,
+        kubeconfig.render(name, server, ca.cert_pem(), admin.cert_pem(), admin.key_pem()),
+    )
+    return Cluster(
         name=name,
         workdir=layout.root,
         server=server,
@@ -311,25 +293,12 @@ def _start_one(
         client_cert=layout.client_cert,
         client_key=layout.client_key,
         etcd_url=etcd_url,
-        binaries=binaries,
+        binaries=run.binaries,
         processes=[etcd, apiserver],
     )
-    kubeconfig.write(
-        layout.kubeconfig,
-        kubeconfig.render(name, server, ca.cert_pem(), admin.cert_pem(), admin.key_pem()),
-    )
-    context = cluster.ssl_context()
-    _wait_until(lambda: _http_ok(f"{server}/readyz", context), apiserver, launcher, name, deadline)
-    return cluster
 
 
 # ------------------------------------------------------------------------------- N clusters
-
-
-@dataclass(frozen=True)
-class _Options:
-    timeout: float
-    apiserver_args: tuple[str, ...]
 
 
 def _resolve_binaries(binaries: Binaries | None) -> Binaries:
@@ -349,10 +318,10 @@ def _first_real_error(futures: list[Future[Cluster]]) -> BaseException | None:
 
 
 def _start_parallel(
-    names: Sequence[str], root: Path, binaries: Binaries, launcher: _Launcher, options: _Options
+    names: Sequence[str], root: Path, launcher: Launcher, run: _Run
 ) -> list[Cluster]:
     pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="cluster-start")
-    futures = [pool.submit(_start_one, n, root, binaries, launcher, options) for n in names]
+    futures = [pool.submit(_start_one, n, root, launcher, run) for n in names]
     try:
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         if any(f.exception() is not None for f in done):
@@ -397,16 +366,22 @@ def start_clusters(
 ) -> Iterator[list[Cluster]]:
     """Start `n` clusters in parallel; yield them ready (/readyz ok); tear all down on exit.
 
+    Clusters are named cluster1..clusterN unless `names` is given (then `n` is ignored); the
+    name is also the kubeconfig's context. `apiserver_args` are appended to kube-apiserver's.
+
     Without `workdir` a temporary directory is used and removed. With one, each cluster gets a
     sub-directory (logs, certs, kubeconfig) that is kept; only etcd's data is removed.
     """
     cluster_names = list(names) if names is not None else [f"cluster{i + 1}" for i in range(n)]
-    resolved = _resolve_binaries(binaries)
+    run = _Run(
+        binaries=_resolve_binaries(binaries),
+        deadline=time.monotonic() + timeout,
+        apiserver_args=tuple(apiserver_args),
+    )
     root, owned = _make_root(workdir)
-    launcher = _Launcher()
-    options = _Options(timeout=timeout, apiserver_args=tuple(apiserver_args))
+    launcher = Launcher()
     try:
-        yield _start_parallel(cluster_names, root, resolved, launcher, options)
+        yield _start_parallel(cluster_names, root, launcher, run)
     finally:
         launcher.stop_all()
         _cleanup(root, owned, cluster_names)

@@ -6,11 +6,17 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP_GRACE_SECONDS = 5.0
+
+
+class StartCancelled(RuntimeError):
+    """Start-up was abandoned because a sibling failed or the user interrupted."""
 
 
 @dataclass
@@ -80,3 +86,50 @@ def log_tail(path: Path, lines: int = 30, max_bytes: int = 64 * 1024) -> str:
     except OSError as exc:
         return f"(no log: {exc})"
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class Launcher:
+    """Spawns processes for all clusters; once cancelled it spawns nothing more and stops all.
+
+    Spawning and cancelling share one lock, so no process can start after teardown began.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._processes: list[tuple[int, ManagedProcess]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def spawn(
+        self, name: str, argv: Sequence[str], log: Path, cwd: Path, *, stop_wave: int
+    ) -> ManagedProcess:
+        """Start a process; stop_all() stops wave 0 (API servers) before wave 1 (etcd)."""
+        with self._lock:
+            if self._cancelled.is_set():
+                raise StartCancelled(name)
+            process = ManagedProcess.spawn(name, argv, log, cwd)
+            self._processes.append((stop_wave, process))
+            return process
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            processes = list(self._processes)
+        for wave in sorted({w for w, _ in processes}):
+            _stop_together([p for w, p in processes if w == wave])
+
+
+def _stop_together(processes: list[ManagedProcess]) -> None:
+    """SIGTERM all at once, then reap each within one shared grace period.
+
+    Callers stop API servers before etcd: a kube-apiserver whose etcd is gone hangs in its
+    shutdown until killed (about 1 s with etcd up, the whole grace period without).
+    """
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in processes:
+        process.stop(grace=deadline - time.monotonic())

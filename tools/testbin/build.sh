@@ -56,6 +56,10 @@ $out"
     printf '%s\n' "$out"
 }
 
+proxy_reachable() {  # a cheap question only the proxy can answer
+    go list -m -json k8s.io/kubernetes@latest >/dev/null 2>&1
+}
+
 install_bin() {  # install_bin TMPFILE DEST: atomic, so a killed build never leaves half a binary
     chmod 0755 "$1"
     mv -f "$1" "$2"
@@ -205,6 +209,9 @@ kube_target() {
             kube_dir=$bin_root/$version
             return
         fi
+        proxy_reachable || die "the Go module proxy ($(go env GOPROXY)) cannot be reached, and the
+  binaries are not cached. Check network/proxy settings (GOPROXY, HTTPS_PROXY), or set
+  KUBEBUILDER_ASSETS to a folder with ${kube_bins[*]}."
         log "k8s $version could not be resolved; trying the fallback"
     done
     die "could not build kube-apiserver at $K8S_VERSION nor $K8S_FALLBACK_VERSION (see above)"
