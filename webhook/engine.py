@@ -19,6 +19,7 @@ from dlm_guard.domain import (
     Finding,
     Obj,
     is_decentralized,
+    is_terminating,
     is_wait_as_receiver,
     namespace_of,
 )
@@ -144,9 +145,7 @@ def evaluate(request: Mapping[str, Any], ctx: Context) -> Evaluation:
 def findings_for(request: Request, cluster: ObjectStore | None) -> list[Finding]:
     obj, old = request.object or {}, request.old_object
     if request.kind == KIND_VM:
-        if request.operation in (CREATE, UPDATE) and is_wait_as_receiver(obj):
-            return rules.wait_as_receiver_vm_findings(obj)
-        return []
+        return vm_findings(request)
     if request.operation == CREATE and is_decentralized(obj):
         findings = rules.vmim_offline_findings(obj)
         if cluster is not None:
@@ -156,6 +155,24 @@ def findings_for(request: Request, cluster: ObjectStore | None) -> list[Finding]
             is_decentralized(obj) or is_decentralized(old)):
         return rules.immutable_spec_findings(obj, old)
     return []  # DELETE, CONNECT and ordinary migrations are none of our business
+
+
+def vm_findings(request: Request) -> list[Finding]:
+    """WaitAsReceiver VM rules on CREATE and UPDATE, ratcheted on UPDATE.
+
+    An UPDATE is denied only for findings its old object did not already have, and an
+    object being deleted is not checked: otherwise a VM admitted before dlm-guard (or
+    before a policy change) could never lose its finalizers and would hang in deletion.
+    """
+    obj, old = request.object or {}, request.old_object
+    if request.operation not in (CREATE, UPDATE) or not is_wait_as_receiver(obj) \
+            or is_terminating(obj):
+        return []
+    findings = rules.wait_as_receiver_vm_findings(obj)
+    if request.operation == UPDATE and old is not None and is_wait_as_receiver(old):
+        existing = set(rules.wait_as_receiver_vm_findings(old))
+        findings = [finding for finding in findings if finding not in existing]
+    return findings
 
 
 def validate(request: Mapping[str, Any], ctx: Context) -> Decision:

@@ -37,18 +37,40 @@ FALLBACK_ID_PREFIX = "migration"
 
 
 def json_patch(before: Obj, after: Obj) -> JsonPatch:
-    """The minimal RFC 6902 patch from before to after ([] when equal)."""
-    if before == after:
-        return []
-    return list(jsonpatch.make_patch(before, after).patch)
+    """The minimal RFC 6902 patch from before to after ([] when equal).
+
+    Diffed one top-level field at a time, skipping fields `after` shares with `before`
+    (mutations copy only what they change): diffing a whole VM costs ~10x more.
+    """
+    patch: JsonPatch = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
+        if old is new or old == new:
+            continue
+        old_part = {} if old is _ABSENT else {key: old}
+        new_part = {} if new is _ABSENT else {key: new}
+        patch.extend(jsonpatch.make_patch(old_part, new_part).patch)
+    return patch
+
+
+_ABSENT = object()
+
+
+def _copy_with_private(obj: Obj, *fields: str) -> dict[str, Any]:
+    """A shallow copy of obj whose `fields` are deep copies: safe to change those only."""
+    result = dict(obj)
+    for field in fields:
+        if field in result:
+            result[field] = copy.deepcopy(result[field])
+    return result
 
 
 # --- WaitAsReceiver VM ----------------------------------------------------------------
 def mutate_vm(vm: Obj, restore_run_strategy: str) -> Obj:
     """vm with kubevirt.io/restore-run-strategy filled in when it is missing (a copy then)."""
     if not is_wait_as_receiver(vm) or ANNOTATION_RESTORE_RUN_STRATEGY in annotations_of(vm):
-        return vm  # nothing to fill in: skip copying a whole VM on the hot path
-    result = copy.deepcopy(dict(vm))
+        return vm  # nothing to fill in
+    result = _copy_with_private(vm, "metadata")
     annotations = _string_map(result, "annotations")
     if annotations is not None:
         annotations[ANNOTATION_RESTORE_RUN_STRATEGY] = restore_run_strategy
@@ -59,7 +81,7 @@ def mutate_vm(vm: Obj, restore_run_strategy: str) -> Obj:
 def mutate_vmim(vmim: Obj, new_id: Callable[[], str], *, creating: bool) -> dict[str, Any]:
     """A copy of vmim with a generated receive migrationID (on CREATE only: the spec is
     immutable afterwards) and our pairing labels."""
-    result = copy.deepcopy(dict(vmim))
+    result = _copy_with_private(vmim, "metadata", "spec")
     role = migration_role(result)
     if role is None:  # ordinary migration, or both roles (validate denies that)
         return result

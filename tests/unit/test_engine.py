@@ -237,6 +237,29 @@ def test_wait_as_receiver_vm_update_is_checked_too() -> None:
     assert not validate(_update(vm(), BAD_VM), context()).allowed
 
 
+def test_vm_update_ratchets_on_findings_the_old_object_had() -> None:
+    # A VM admitted before dlm-guard keeps its old findings; only new ones are denied.
+    old = vm(dom=domain(disks=[{"name": "a", "lun": {}}]))
+    same = {**old, "metadata": {**old["metadata"], "labels": {"touched": "yes"}}}
+    assert validate(_update(old, same), context()).allowed
+    worse = vm(dom=domain(disks=[{"name": "a", "lun": {}}], filesystems=[{"name": "fs"}]))
+    decision = validate(_update(old, worse), context())
+    assert rule_tags(decision.message) == ["[filesystem]"]
+
+
+def test_vm_becoming_a_receiver_gets_every_finding() -> None:
+    old = vm(run_strategy="Always", dom=domain(disks=[{"name": "a", "lun": {}}]))
+    new = vm(dom=domain(disks=[{"name": "a", "lun": {}}]))
+    assert rule_tags(validate(_update(old, new), context()).message) == ["[lun-disk]"]
+
+
+def test_terminating_vm_is_not_checked() -> None:
+    # Finalizer removal on a VM being deleted must never be blocked.
+    deleting = {**BAD_VM["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}
+    bad = {**BAD_VM, "metadata": deleting}
+    assert validate(_update(vm(), bad), context()).allowed
+
+
 def test_vmim_update_only_checks_immutability() -> None:
     # Findings that CREATE would deny do not block later metadata/status updates.
     bad = source_vmim(connect_url="https://x:1")
