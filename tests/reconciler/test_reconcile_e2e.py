@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,9 +31,13 @@ from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
 from reconciler import cli
+from reconciler.act import Actor
 from reconciler.clusters import Registry
+from reconciler.gc import Deletion
+from reconciler.leader import LeaderElector, LeaseConfig
 from reconciler.loop import PassReport, Reconciler, Service
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.trust import CaWrite
 
 pytestmark = pytest.mark.e2e
 
@@ -142,7 +148,7 @@ def west(pair) -> Api:
 
 @pytest.fixture(scope="module")
 def cas() -> dict[str, x509.Certificate]:
-    return {"east1": new_ca("east1"), "west1": new_ca("west1"),
+    return {"east1": new_ca("east1"), "west1": new_ca("west1"), "west3": new_ca("west3"),
             "west-expired": new_ca("west0", -timedelta(days=9), -timedelta(days=2)),
             "west2": new_ca("west2"), "east2": new_ca("east2"), "east3": new_ca("east3")}
 
@@ -348,6 +354,85 @@ def test_gc_dry_run_deletes_nothing(pair, east):
     assert report.ok and [r.outcome for _, r in report.deletions] == ["dry-run", "dry-run"]
     assert east.exists("virtualmachineinstancemigrations", "dry-in")
     assert east.exists("virtualmachines", "dry")
+
+
+# --- concurrency and ownership guards against a real apiserver ----------------------------------
+def test_a_stale_resource_version_is_retried_after_rereading(pair, east, cas):
+    registry = Registry(cli.settings_from_args(flags(pair)))
+    try:
+        stale = east.rv("kubevirt-external-ca")
+        east.set_bundle("kubevirt-external-ca", "")  # somebody (virt-operator) wrote since
+        write = CaWrite(cluster="east", namespace=NS, bundle=to_pem([cas["west2"]]),
+                        fingerprints=("x",), peers=("west",), resource_version=stale)
+        result = Actor({c.name: c for c in registry.clusters}, dry_run=False, timeout=5.0,
+                       metrics=ReconcilerMetrics()).write_ca(write)
+        assert (result.ok, result.outcome) == (True, "updated")
+        assert east.bundle("kubevirt-external-ca") == to_pem([cas["west2"]])
+    finally:
+        registry.close()
+        east.set_bundle("kubevirt-external-ca", "")
+
+
+def test_gc_never_deletes_an_object_recreated_under_the_same_name(pair, east):
+    east.ensure_namespace(VM_NS)
+    old = east.create("virtualmachineinstancemigrations", vmim("again", "receive", "mig-9", "x"))
+    east.custom.delete_namespaced_custom_object("kubevirt.io", "v1", VM_NS,
+                                                "virtualmachineinstancemigrations", "again")
+    east.create("virtualmachineinstancemigrations", vmim("again", "receive", "mig-9", "x"))
+    registry = Registry(cli.settings_from_args(flags(pair)))
+    try:
+        stale = Deletion("east", "VirtualMachineInstanceMigration", VM_NS, "again",
+                         old["metadata"]["uid"], "failed-target")
+        result = Actor({c.name: c for c in registry.clusters}, dry_run=False, timeout=5.0,
+                       metrics=ReconcilerMetrics()).delete(stale, old)
+    finally:
+        registry.close()
+    assert result.ok and result.outcome == "conflict"
+    assert east.exists("virtualmachineinstancemigrations", "again")
+
+
+def test_leader_election_on_a_real_lease(east):
+    config = LeaseConfig("e2e-lease", "default", "replica-a", duration=timedelta(seconds=2),
+                         renew_deadline=timedelta(seconds=1), retry_period=timedelta(seconds=0.2))
+    a = LeaderElector(east.client, config)
+    b = LeaderElector(east.client, replace(config, identity="replica-b"))
+    assert a.step() and a.is_leader()
+    assert not b.step()
+    # a stops renewing (a crash): within its renew deadline it stops acting by itself...
+    time.sleep(1.1)
+    assert not a.is_leader()
+    # ...and b takes over once it has seen the same record for a whole lease duration.
+    eventually(b.step, timeout=10)
+    assert not a.step() and not a.is_leader()
+    b.release()  # hand over at shutdown: a can take it at once
+    assert a.step()
+    a.release()
+
+
+def test_in_a_pod_peers_come_from_labelled_secrets_without_restart(pair, east, west, cas):
+    """`local` is east (standing in for in-cluster config); west arrives as a Secret."""
+    settings = cli.settings_from_args(argparse.Namespace(**{
+        **vars(flags(pair)), "cluster": [], "manage": [], "namespace": "dlm"}))
+    east.ensure_namespace("dlm")
+    registry = Registry(settings, local_client=lambda: Api(pair[0]).client)
+    try:
+        assert [c.name for c in registry.refresh()] == ["local"]
+        kubeconfig = base64.b64encode(pair[1].kubeconfig.read_bytes()).decode()
+        east.core.create_namespaced_secret("dlm", k8s.V1Secret.model_validate({
+            "metadata": {"name": "west-peer", "labels": {"dlm-guard.io/peer": "west"}},
+            "data": {"kubeconfig": kubeconfig}}))
+        west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
+                        to_pem([cas["west3"]]))
+        report = Reconciler(settings, registry, ReconcilerMetrics()).run_pass()
+        assert report.ok, report.errors
+        assert sorted(c.name for c in registry.clusters) == ["local", "west"]
+        assert east.bundle("kubevirt-external-ca") == to_pem([cas["west3"]])
+        assert west.bundle("kubevirt-external-ca") == ""  # a peer from a Secret is read-only
+        east.core.delete_namespaced_secret("west-peer", "dlm")
+        assert [c.name for c in registry.refresh()] == ["local"]
+    finally:
+        registry.close()
+        east.merge_inbox()
 
 
 # --- a peer goes down (keep last: it stops west's apiserver) ------------------------------------
