@@ -8,6 +8,8 @@ from typing import Any
 import jsonpatch
 import pytest
 from factories import MIGRATION_ID, counting_ids, source_vmim, target_vmim, vm, vmim
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dlm_guard.domain import is_valid_label_value
 from webhook.mutations import generated_migration_id, json_patch, mutate_vm, mutate_vmim
@@ -161,3 +163,22 @@ def test_generated_ids_are_readable_label_values(vmi_name: str, prefix: str) -> 
 @pytest.mark.parametrize("suffix", ["", "--", "é" * 40, "z" * 100])
 def test_generated_ids_survive_odd_suffixes(suffix: str) -> None:
     assert is_valid_label_value(generated_migration_id("vm", suffix))
+
+
+# --- json_patch on any pair of objects ------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=12)
+json_objects = st.dictionaries(st.sampled_from(["a", "b/c", "~d", "metadata"]), json_values,
+                               max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(before=json_objects, after=json_objects)
+def test_json_patch_turns_before_into_after(before: dict[str, Any],
+                                            after: dict[str, Any]) -> None:
+    patch = json_patch(before, after)
+    assert apply(before, patch) == after
+    assert (patch == []) is (before == after)
