@@ -175,8 +175,13 @@ class ClusterCache:
             try:
                 if version is None:
                     version = self._relist(resource)
-                version = self._follow(resource, version)
-                failures = 0
+                # `version` advances with every event, so after an error we resume from
+                # the last one seen instead of replaying (or relisting) everything.
+                for event in self._source.watch(resource, version):
+                    version = apply_event(self.store, resource.kind, event) or version
+                    failures = 0
+                    if self._stopping.is_set():
+                        break
             except Expired:
                 # Routine: etcd compacted our resourceVersion. Relist at once.
                 log.debug("watch expired, relisting", extra={"kind": resource.kind})
@@ -200,14 +205,6 @@ class ClusterCache:
         if first:
             log.info("cluster cache listed %d %s", len(items), resource.kind,
                      extra={"kind": resource.kind, "count": len(items)})
-        return version
-
-    def _follow(self, resource: Resource, version: str) -> str:
-        """One watch call, applied until it ends; the resourceVersion to resume from."""
-        for event in self._source.watch(resource, version):
-            version = apply_event(self.store, resource.kind, event) or version
-            if self._stopping.is_set():
-                break
         return version
 
 

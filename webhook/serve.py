@@ -27,7 +27,7 @@ from dlm_guard.logs import setup_logging
 from webhook.engine import Context, random_suffix
 from webhook.metrics import AdmissionMetrics
 from webhook.policy import CLUSTER_RULES, PolicyError, load_policy
-from webhook.server import ReadyCheck, create_app
+from webhook.server import CONTEXT, IN_FLIGHT, ReadyCheck, create_app
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,50 @@ def run(args: argparse.Namespace) -> int:
     except StartupError as err:
         print(f"dlm-guard serve: {err}", file=sys.stderr)
         return EXIT_USAGE
-    log.info("serving https://%s:%d", args.host, args.port,
-             extra={"offline": args.offline, "policy": args.config or "(defaults)"})
     try:
-        # run_app turns SIGTERM/SIGINT into GracefulExit: stop accepting, finish in-flight
-        # requests (up to SHUTDOWN_TIMEOUT), run the cleanup contexts, return normally.
-        web.run_app(app, host=args.host, port=args.port, ssl_context=app[SERVING_TLS].context,
-                    shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None, print=None)
+        asyncio.run(serve_until_signalled(app, args.host, args.port))
     except OSError as err:  # e.g. the port is taken
         log.error("cannot serve on %s:%d: %s", args.host, args.port, err)
         return 1
     log.info("stopped")
     return 0
+
+
+async def serve_until_signalled(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let calls in flight finish (up to
+    SHUTDOWN_TIMEOUT) and clean up. A second signal kills the process the default way."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=app[SERVING_TLS].context)
+        await site.start()
+        log.info("serving https://%s:%d", host, port,
+                 extra={"offline": app[CONTEXT].cluster is None})
+        received = await _first_signal(signal.SIGTERM, signal.SIGINT)
+        log.info("%s: no new connections, finishing calls in flight", received.name,
+                 extra={"in_flight": app[IN_FLIGHT].count})
+        await site.stop()
+        if not await app[IN_FLIGHT].wait_idle(SHUTDOWN_TIMEOUT):
+            log.warning("calls still in flight after %gs, closing", SHUTDOWN_TIMEOUT)
+    finally:
+        await runner.cleanup()
+
+
+async def _first_signal(*signals: signal.Signals) -> signal.Signals:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def deliver(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, deliver, sig)
+    try:
+        return await received
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def build(args: argparse.Namespace) -> web.Application:

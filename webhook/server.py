@@ -11,6 +11,7 @@ loop; an executor hop would cost more than the call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -48,11 +49,42 @@ class Engine:
     validate: EngineFn = admission.validate
 
 
+class InFlight:
+    """Counts admission calls being read or answered, so shutdown can wait for them.
+
+    aiohttp's own graceful shutdown stops reading from every connection first, so a call
+    whose body is still arriving would hang until the timeout and get no answer
+    (aio-libs/aiohttp#2298): `webhook.serve` waits here before handing over to it.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 CONTEXT = web.AppKey("context", Context)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", AdmissionMetrics)
 READY_CHECKS = web.AppKey("ready_checks", list[ReadyCheck])
 MAX_BODY = web.AppKey("max_body", int)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 def create_app(ctx: Context, *, engine: Engine | None = None,
@@ -67,6 +99,7 @@ def create_app(ctx: Context, *, engine: Engine | None = None,
     app[METRICS] = metrics or AdmissionMetrics()
     app[READY_CHECKS] = list(ready_checks)
     app[MAX_BODY] = max_body
+    app[IN_FLIGHT] = InFlight()
     app.router.add_post("/mutate", _mutate)
     app.router.add_post("/validate", _validate)
     app.router.add_get("/healthz", _healthz)
@@ -77,11 +110,13 @@ def create_app(ctx: Context, *, engine: Engine | None = None,
 
 # --- Admission ------------------------------------------------------------------------
 async def _mutate(request: web.Request) -> web.Response:
-    return await _admit(request, "mutate", request.app[ENGINE].mutate)
+    with request.app[IN_FLIGHT]:
+        return await _admit(request, "mutate", request.app[ENGINE].mutate)
 
 
 async def _validate(request: web.Request) -> web.Response:
-    return await _admit(request, "validate", request.app[ENGINE].validate)
+    with request.app[IN_FLIGHT]:
+        return await _admit(request, "validate", request.app[ENGINE].validate)
 
 
 async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.Response:
@@ -157,14 +192,13 @@ async def _healthz(_request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    checks = request.app[READY_CHECKS]
-    problems = not_ready_reasons(checks)
+    problems = not_ready_reasons(request.app[READY_CHECKS])
     if problems:
         return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
     return web.Response(text="ok\n")
 
 
-def not_ready_reasons(checks: Sequence[ReadyCheck]) -> list[str]:
+def not_ready_reasons(checks: list[ReadyCheck]) -> list[str]:
     reasons = []
     for check in checks:
         try:
