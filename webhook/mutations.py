@@ -1,4 +1,7 @@
-"""Mutations: change a deep copy of the object, then diff it into a minimal JSON patch.
+"""Mutations: change a copy of the object, then diff it into a minimal JSON patch.
+
+The copy is shallow except for the top-level fields a mutation writes into (metadata, and a
+VMIM's spec), which are deep copies: the request object itself is never changed.
 
 Each mutation only fills in what is missing, so a second pass over the patched object finds
 nothing to do. Mutations are defaults, not rules: they run whatever mode the policy gives the
@@ -40,7 +43,7 @@ def json_patch(before: Obj, after: Obj) -> JsonPatch:
     """The minimal RFC 6902 patch from before to after ([] when equal).
 
     Diffed one top-level field at a time, skipping fields `after` shares with `before`
-    (mutations copy only what they change): diffing a whole VM costs ~10x more.
+    (mutations copy only what they change): diffing a whole VM costs several times more.
     """
     patch: JsonPatch = []
     for key in [*before, *(k for k in after if k not in before)]:
@@ -78,13 +81,13 @@ def mutate_vm(vm: Obj, restore_run_strategy: str) -> Obj:
 
 
 # --- Decentralized VMIM ---------------------------------------------------------------
-def mutate_vmim(vmim: Obj, new_id: Callable[[], str], *, creating: bool) -> dict[str, Any]:
-    """A copy of vmim with a generated receive migrationID (on CREATE only: the spec is
-    immutable afterwards) and our pairing labels."""
-    result = _copy_with_private(vmim, "metadata", "spec")
-    role = migration_role(result)
+def mutate_vmim(vmim: Obj, new_id: Callable[[], str], *, creating: bool) -> Obj:
+    """vmim (a copy when decentralized) with our pairing labels and, on CREATE only (the spec
+    is immutable afterwards), a generated receive migrationID."""
+    role = migration_role(vmim)
     if role is None:  # ordinary migration, or both roles (validate denies that)
-        return result
+        return vmim
+    result = _copy_with_private(vmim, "metadata", "spec")
     if creating and role is Role.TARGET:
         _fill_receive_migration_id(result, new_id)
     _set_pairing_labels(result, role)

@@ -63,11 +63,11 @@ def test_restore_annotation_left_alone(original: dict[str, Any]) -> None:
 
 
 def test_mutation_does_not_touch_the_input() -> None:
-    original = vm(restore=None)
-    snapshot = copy.deepcopy(original)
-    mutate_vm(original, "Always")
-    mutate_vmim(target_vmim(migration_id=""), counting_ids(), creating=True)
-    assert original == snapshot
+    a_vm, a_vmim = vm(restore=None), target_vmim(migration_id="")
+    snapshots = copy.deepcopy((a_vm, a_vmim))
+    assert mutate_vm(a_vm, "Always") != a_vm
+    assert mutate_vmim(a_vmim, counting_ids(), creating=True) != a_vmim
+    assert (a_vm, a_vmim) == snapshots
 
 
 # --- migrationID and labels -----------------------------------------------------------
@@ -137,7 +137,7 @@ def test_second_pass_changes_nothing(original: dict[str, Any]) -> None:
     def once(obj: dict[str, Any]) -> dict[str, Any]:
         if obj["kind"] == "VirtualMachine":
             return dict(mutate_vm(obj, "Always"))
-        return mutate_vmim(obj, counting_ids(), creating=True)
+        return dict(mutate_vmim(obj, counting_ids(), creating=True))
 
     first = apply(original, json_patch(original, once(original)))
     assert first != original
