@@ -55,12 +55,15 @@ def register(subparsers: Any) -> None:
         help="KubeVirt install namespace (default %(default)s)")
     add("--namespace", default=None,
         help="own namespace, for peer Secrets (default: the pod's namespace, else default)")
-    add("--resync-period", type=duration, default="5m", help="full pass at least this often")
-    add("--gc-grace", type=duration, default="5m", help="failed migrations kept this long")
-    add("--orphan-ttl", type=duration, default="15m", help="a peerless migration kept this long")
+    add("--resync-period", type=duration, default="5m",
+        help="full pass at least this often (default %(default)s)")
+    add("--gc-grace", type=duration, default="5m",
+        help="failed migrations kept this long (default %(default)s)")
+    add("--orphan-ttl", type=duration, default="15m",
+        help="a peerless migration kept this long (default %(default)s)")
     add("--stuck-timeout", type=duration, default="1h",
-        help="WaitingForSync/Synchronizing kept this long")
-    add("--api-timeout", type=duration, default="10s", help="per API request")
+        help="WaitingForSync/Synchronizing kept this long (default %(default)s)")
+    add("--api-timeout", type=duration, default="10s", help="per API request (default %(default)s)")
     add("--once", action="store_true", help="one full pass, then exit 0 (or 1 on errors)")
     add("--dry-run", action="store_true", help="log the decisions, write nothing")
     add("--leader-elect", action="store_true", help="act only while holding the Lease")
@@ -68,7 +71,8 @@ def register(subparsers: Any) -> None:
         help="namespace of the Lease (default: --namespace)")
     add("--leader-election-cluster", default=None,
         help="cluster holding the Lease (default: the first managed cluster)")
-    add("--metrics-port", type=int, default=9090, help="/healthz and /metrics (0: any port)")
+    add("--metrics-port", type=int, default=9090,
+        help="/healthz and /metrics (default %(default)s; 0: any free port)")
     add_logging_flags(parser)
     parser.set_defaults(func=main)
 

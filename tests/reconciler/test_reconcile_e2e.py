@@ -11,7 +11,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -433,6 +437,39 @@ def test_in_a_pod_peers_come_from_labelled_secrets_without_restart(pair, east, w
     finally:
         registry.close()
         east.merge_inbox()
+
+
+def test_the_command_holds_the_lease_and_releases_it_on_sigterm(pair, east):
+    """`dlm-guard reconcile` as a process: leader election, /healthz, clean SIGTERM."""
+    argv = [sys.executable, "-m", "dlm_guard", "reconcile",
+            "--cluster", f"east={pair[0].kubeconfig}", "--cluster", f"west={pair[1].kubeconfig}",
+            "--manage", "east", "--leader-elect", "--leader-election-namespace", "default",
+            "--metrics-port", "0", "--log-format", "json"]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    lines: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        json.loads(line) for line in process.stderr or () if line.startswith("{")), daemon=True)
+    reader.start()
+    try:
+        eventually(lambda: any(e.get("msg") == "reconcile pass done" for e in list(lines)))
+        port = next(e["port"] for e in list(lines) if e.get("msg", "").startswith("serving"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        lease = east.custom.get_namespaced_custom_object(
+            "coordination.k8s.io", "v1", "default", "leases", "dlm-guard-reconciler")
+        assert lease["spec"]["holderIdentity"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        if process.stderr:
+            process.stderr.close()
+    lease = east.custom.get_namespaced_custom_object(
+        "coordination.k8s.io", "v1", "default", "leases", "dlm-guard-reconciler")
+    assert lease["spec"]["holderIdentity"] == ""  # handed over, not left to expire
 
 
 # --- a peer goes down (keep last: it stops west's apiserver) ------------------------------------
