@@ -72,6 +72,12 @@ class Cluster:
         result: dict[str, Any] = json.loads(self.get("/version"))
         return result
 
+    def api_client(self) -> Any:
+        """A `kubernetes.client.ApiClient` for this cluster (the caller closes it)."""
+        from kubernetes import config  # lazily: only tests that use the client import it
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
     def stop(self) -> None:
         """Stop this cluster's processes (API server first). start_clusters() also does it."""
         for process in reversed(self.processes):

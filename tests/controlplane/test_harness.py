@@ -67,6 +67,15 @@ def _established(cluster: Cluster, crd: str) -> bool:
     return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
+def _check_python_client(cluster: Cluster) -> None:
+    from kubernetes import client
+
+    with cluster.api_client() as api:
+        namespaces = client.CoreV1Api(api).list_namespace().items
+    names = {ns.metadata.name for ns in namespaces if ns.metadata}
+    assert {"default", "kube-system"} <= names
+
+
 def _check_crd_behaviour(cluster: Cluster) -> None:
     """Objects round-trip; VMIM status goes through its subresource, VMI status with the object."""
     kubectl(cluster, "create", "-f", "-", input=VMIM)
@@ -88,6 +97,7 @@ def test_two_clusters_crds_objects_and_teardown(binaries: Binaries, tmp_path: Pa
         assert len({c.server for c in clusters}) == 2
         for cluster in clusters:
             assert cluster.version()["gitVersion"].startswith("v1.36.")
+            _check_python_client(cluster)
         # The first cluster gets our compact CRDs, the second the real upstream ones if present.
         install_crds(clusters[0], BUNDLED_CRDS_DIR)
         install_crds(clusters[1], UPSTREAM_CRDS if UPSTREAM_CRDS.is_dir() else BUNDLED_CRDS_DIR)
