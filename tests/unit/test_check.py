@@ -11,9 +11,18 @@ from typing import Any
 
 import pytest
 import yaml
-from factories import EXAMPLES, domain, source_vmim, target_vmim, vm
+from factories import EXAMPLES, context, domain, source_vmim, target_vmim, vm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from webhook.check import main, register_check
+from webhook.check import (
+    Document,
+    check_documents,
+    format_json,
+    format_text,
+    main,
+    register_check,
+)
 
 Capture = pytest.CaptureFixture[str]
 
@@ -158,3 +167,27 @@ def test_register_check_wires_a_subcommand(examples: Path, capsys: Capture) -> N
     args = parser.parse_args(["check", str(examples), "-o", "json"])
     assert args.func(args) == 0
     assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+# --- any object in a manifest gets a verdict ------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=15)
+kubevirt_objects = st.fixed_dictionaries(
+    {"apiVersion": st.just("kubevirt.io/v1"),
+     "kind": st.sampled_from(["VirtualMachine", "VirtualMachineInstanceMigration"])},
+    optional={"metadata": json_values, "spec": json_values | st.fixed_dictionaries(
+        {}, optional={"runStrategy": st.just("WaitAsReceiver"), "sendTo": json_values,
+                      "receive": json_values, "template": json_values})})
+
+
+@settings(max_examples=100, deadline=None)
+@given(objects=st.lists(kubevirt_objects, min_size=1, max_size=3))
+def test_any_kubevirt_object_gets_a_verdict(objects: list[dict[str, Any]]) -> None:
+    documents = [Document("f.yaml", i, obj) for i, obj in enumerate(objects, 1)]
+    results, skipped = check_documents(documents, context())
+    assert skipped == 0 and len(results) == len(objects)
+    assert {r["verdict"] for r in json.loads(format_json(results))} <= {"ALLOW", "WARN", "DENY"}
+    assert len(format_text(results).splitlines()) >= len(objects)
