@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from controlplane import kubeconfig
-from controlplane.cluster import ClusterStartError, _retry_port_clash
+from controlplane.cluster import ClusterStartError, _retry_port_clash, etcd_version
 from controlplane.ports import free_ports
 from controlplane.process import Launcher, StartCancelled
 
@@ -55,3 +55,16 @@ def test_kubeconfig_embeds_credentials_and_sets_the_context(tmp_path: Path) -> N
     user = loaded["users"][0]["user"]
     assert base64.b64decode(user["client-key-data"]) == b"KEY"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("said", "expected"),
+    [("etcd Version: 3.6.16\nGit SHA: x", (3, 6)), ("etcd Version: 3.4.23", (3, 4)), ("", (0, 0))],
+)
+def test_etcd_version_decides_on_no_fsync(
+    tmp_path: Path, said: str, expected: tuple[int, int]
+) -> None:
+    fake = tmp_path / "etcd"
+    fake.write_text(f"#!/bin/sh\nprintf '{said}\\n'\n")
+    fake.chmod(0o755)
+    assert etcd_version(fake) == expected
