@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 from typing import Any
 
@@ -59,3 +61,25 @@ def review(obj: Obj, operation: str = "CREATE", uid: str | None = None,
 
 def offline_context(policy: Policy | None = None) -> Context:
     return Context(policy=policy or Policy(), cluster=None, new_id=lambda: "0123456789ab")
+
+
+# --- Processes ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(300):
+        if process.returncode is not None:
+            raise AssertionError(f"serve exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise AssertionError("serve did not start listening")

@@ -8,13 +8,13 @@ import asyncio
 import json
 import logging
 import signal
-import socket
 import ssl
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from server_support import free_port, wait_for_port
 
 from certs.generate import cert_pem, key_pem, make_ca, make_leaf
 from certs.tls import ServingTLS
@@ -106,27 +106,6 @@ def test_an_expired_serving_certificate_makes_it_not_ready(tmp_path: Path) -> No
 
 
 # --- A real process -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
-    for _ in range(300):
-        if process.returncode is not None:
-            raise AssertionError(f"serve exited with {process.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise AssertionError("serve did not start listening")
-
-
 async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
