@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 
 SERVING_TLS = web.AppKey("serving_tls", ServingTLS)
 # The API server gives up on a webhook call after 10 s by default (30 s at most) and the
-# kubelet kills a pod 30 s after SIGTERM by default: finishing in-flight calls within 20 s
-# covers every call still worth answering.
+# kubelet kills a pod 30 s after SIGTERM by default: draining calls in flight for up to 20 s
+# covers every call still worth answering, and aiohttp's own shutdown after the drain (which
+# only has stragglers left) gets 5 s, so the process is gone before the kubelet's SIGKILL.
 SHUTDOWN_TIMEOUT = 20.0
+RUNNER_SHUTDOWN_TIMEOUT = 5.0
 EXIT_USAGE = 2
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 async def serve_until_signalled(app: web.Application, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, let calls in flight finish (up to
     SHUTDOWN_TIMEOUT) and clean up. A second signal kills the process the default way."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=app[SERVING_TLS].context)

@@ -22,7 +22,7 @@ from webhook import serve
 from webhook.cli import _register_serve
 from webhook.policy import CLUSTER_RULES
 from webhook.review import decode_review
-from webhook.server import CONTEXT, READY_CHECKS, not_ready_reasons
+from webhook.server import CONTEXT, METRICS, READY_CHECKS, not_ready_reasons
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -90,6 +90,7 @@ def test_dev_makes_certificates_and_prints_how_to_call_it(
     offline = next(r.getMessage() for r in caplog.records if "offline" in r.getMessage())
     assert all(slug in offline for slug in CLUSTER_RULES)
     assert not_ready_reasons(app[READY_CHECKS]) == []  # offline: ready once serving
+    assert b"dlm_guard_certificate_expiry_timestamp_seconds" in app[METRICS].render()
 
 
 def test_an_expired_serving_certificate_makes_it_not_ready(tmp_path: Path) -> None:
