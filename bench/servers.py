@@ -96,8 +96,9 @@ class Server:
     """A running server process: its URL, CPU and memory from /proc, and a clean stop."""
 
     def __init__(self, spec: ServerSpec, workdir: Path, ca_file: Path,
-                 core: int | None) -> None:
+                 core: int | None, ready_path: str = "/healthz") -> None:
         self.spec = spec
+        self.ready_path = ready_path
         self.port = free_port()
         self.base_url = f"https://127.0.0.1:{self.port}"
         self.log = workdir / f"{spec.name}.log"
@@ -124,7 +125,7 @@ class Server:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.base_url + "/healthz", context=self._ca,
+            with urllib.request.urlopen(self.base_url + self.ready_path, context=self._ca,
                                         timeout=2) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
