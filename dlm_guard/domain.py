@@ -112,9 +112,14 @@ def is_terminating(obj: Obj) -> bool:
 
 
 # --- Migrations -----------------------------------------------------------------------
+def _has_field(spec: Any, field: str) -> bool:
+    # Go decodes `sendTo: null` to a nil pointer: a null field is an unset field upstream.
+    return isinstance(spec, Mapping) and spec.get(field) is not None
+
+
 def has_both_roles(vmim: Obj) -> bool:
     spec = vmim.get("spec")
-    return isinstance(spec, Mapping) and "sendTo" in spec and "receive" in spec
+    return _has_field(spec, "sendTo") and _has_field(spec, "receive")
 
 
 def migration_role(vmim: Obj) -> Role | None:
@@ -127,7 +132,7 @@ def migration_role(vmim: Obj) -> Role | None:
     spec = vmim.get("spec")
     if not isinstance(spec, Mapping):
         return None
-    has_send, has_receive = "sendTo" in spec, "receive" in spec
+    has_send, has_receive = _has_field(spec, "sendTo"), _has_field(spec, "receive")
     if has_send == has_receive:
         return None
     return Role.SOURCE if has_send else Role.TARGET
@@ -191,12 +196,16 @@ def parse_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _lists(value: Any, item: str) -> bool:
+    return isinstance(value, list) and item in value
+
+
 def feature_gate_enabled(kubevirt: Obj) -> bool | None:
     """Whether DecentralizedLiveMigration is on; None when the version cannot tell."""
-    dev = get_path(kubevirt, "spec", "configuration", "developerConfiguration") or {}
-    if FEATURE_GATE in (dev.get("featureGates") or []):
+    dev = get_path(kubevirt, "spec", "configuration", "developerConfiguration")
+    if _lists(get_path(dev, "featureGates"), FEATURE_GATE):
         return True
-    if FEATURE_GATE in (dev.get("disabledFeatureGates") or []):
+    if _lists(get_path(dev, "disabledFeatureGates"), FEATURE_GATE):
         return False
     version = parse_version(str(get_path(kubevirt, "status", "observedKubeVirtVersion") or ""))
     if version is None:
