@@ -23,7 +23,13 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 
-from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KIND_VMIM, KUBEVIRT_CA_CONFIGMAP, KUBEVIRT_GROUP
+from dlm_guard.domain import (
+    EXTERNAL_CA_CONFIGMAP,
+    KIND_VMIM,
+    KUBEVIRT_CA_CONFIGMAP,
+    KUBEVIRT_GROUP,
+    get_path,
+)
 from reconciler.act import Actor, ActResult
 from reconciler.clusters import PEER_SECRET_SELECTOR, Cluster, Registry, decode
 from reconciler.gather import (
@@ -167,22 +173,24 @@ class Watcher(threading.Thread):
                     response.close()
 
     def run(self) -> None:
-        delay, first = 1.0, True
+        delay, first, version = 1.0, True, None
         while not self._stopped.is_set():
             try:
-                version = self._resource_version()
-                self.ready.set()
-                if not first:  # we may have missed changes while not watching
-                    self._poke()
-                first = False
-                self._stream(version)
+                if version is None:  # (re)list: where to watch from
+                    version = self._resource_version()
+                    self.ready.set()
+                    if not first:  # changes may have been missed while not watching
+                        self._poke()
+                    first = False
+                # A watch that simply timed out resumes from the last version seen.
+                version = self._stream(version)
                 delay = 1.0
-            except Exception as err:
+            except Exception as err:  # 410 Gone, transport errors: re-list after a pause
                 if self._stopped.is_set():
                     return
                 log.debug("watch interrupted", extra={"watch": self.label,
                                                       "error": describe_error(err)})
-                first = False
+                first, version = False, None
                 self._stopped.wait(delay)
                 delay = min(delay * 2, 60.0)
 
@@ -191,7 +199,8 @@ class Watcher(threading.Thread):
                                    _request_timeout=30, **self._kwargs)
         return str(decode(response).get("metadata", {}).get("resourceVersion") or "")
 
-    def _stream(self, version: str) -> None:
+    def _stream(self, version: str) -> str:
+        """Poke on every change until the server ends the watch; the last version seen."""
         self._watch = k8s_watch.Watch()
         events = self._watch.stream(self._list_call, *self._args, resource_version=version,
                                     timeout_seconds=WATCH_TIMEOUT_SECONDS, deserialize=False,
@@ -199,9 +208,14 @@ class Watcher(threading.Thread):
                                     **self._kwargs)
         for event in events:
             if self._stopped.is_set():
-                return
-            if isinstance(event, dict) and event.get("type") != "BOOKMARK":
+                break
+            if not isinstance(event, dict):
+                continue
+            seen = get_path(event, "object", "metadata", "resourceVersion")
+            version = str(seen) if seen else version
+            if event.get("type") != "BOOKMARK":
                 self._poke()
+        return version
 
 
 def watchers_for(cluster: Cluster, settings: Settings, poke: Callable[[], None]) -> list[Watcher]:

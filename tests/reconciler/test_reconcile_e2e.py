@@ -275,10 +275,16 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
         base = f"http://127.0.0.1:{service.port}"
         with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
             assert response.status == 200
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-            text = response.read().decode()
+
+        def metrics_text() -> str:
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        # The counter follows the write (and its Event): poll, do not race it.
+        eventually(lambda: 'dlm_guard_ca_sync_total{cluster="west",result="updated"}'
+                   in metrics_text())
+        text = metrics_text()
         assert 'dlm_guard_cluster_up{cluster="west"} 1.0' in text
-        assert 'dlm_guard_ca_sync_total{cluster="west",result="updated"}' in text
         assert 'dlm_guard_peer_ca_expiry_timestamp_seconds{cluster="east",peer="west"}' in text
     finally:
         loop.call_soon_threadsafe(task.cancel)
