@@ -10,9 +10,11 @@ import functools
 import json
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -400,5 +402,19 @@ def start_clusters(
     try:
         yield _start_parallel(cluster_names, root, launcher, run)
     finally:
-        launcher.stop_all()
-        _cleanup(root, owned, cluster_names)
+        with _sigint_ignored():
+            launcher.stop_all()
+            _cleanup(root, owned, cluster_names)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut teardown short (that would leak servers); it takes ~1 s."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
