@@ -135,10 +135,11 @@ class Reconciler:
     def _report_bundle_problems(self, plan: TrustPlan) -> None:
         """Log a peer's bundle problems when they change, not on every pass."""
         for name, peer in plan.peers.items():
-            if peer.problems and self._reported_problems.get(name) != peer.problems:
+            problems = peer.notable_problems
+            if problems and self._reported_problems.get(name) != problems:
                 log.warning("skipped entries in a peer's kubevirt-ca bundle",
-                            extra={"peer": name, "problems": "; ".join(peer.problems)})
-            self._reported_problems[name] = peer.problems
+                            extra={"peer": name, "problems": "; ".join(problems)})
+            self._reported_problems[name] = problems
 
 
 def _summary(report: PassReport, clusters: int) -> dict[str, Any]:

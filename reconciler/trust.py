@@ -21,8 +21,9 @@ from enum import StrEnum
 
 from cryptography import x509
 
-from certs.bundle import earliest_not_after as _earliest
 from certs.bundle import (
+    BundleProblem,
+    ProblemKind,
     fingerprint,
     missing_from,
     normalize,
@@ -30,6 +31,7 @@ from certs.bundle import (
     to_pem,
     trusted_cas,
 )
+from certs.bundle import earliest_not_after as _earliest
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
 from reconciler.gather import ConfigMapState, Snapshot
 
@@ -44,13 +46,22 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # cannot decide for this cluster this pass (reason in detail)
 
 
+# Entries left out in normal operation (rotation leaves expired CAs behind for a while).
+ROUTINE_PROBLEMS = frozenset({ProblemKind.EXPIRED, ProblemKind.NOT_YET_VALID})
+
+
 @dataclass(frozen=True)
 class PeerCAs:
     """One cluster's currently trusted CAs as a peer offers them."""
 
     cluster: str
     certificates: tuple[x509.Certificate, ...]
-    problems: tuple[str, ...] = ()
+    problems: tuple[BundleProblem, ...] = ()
+
+    @property
+    def notable_problems(self) -> tuple[str, ...]:
+        """What a person should look at: garbage, keys, non-CAs, overflow; not expiry."""
+        return tuple(str(p) for p in self.problems if p.kind not in ROUTINE_PROBLEMS)
 
     @property
     def earliest_not_after(self) -> datetime | None:
@@ -101,7 +112,7 @@ def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | Non
     if snapshot.kubevirt_ca is None:
         return None
     certs, problems = trusted_cas(snapshot.kubevirt_ca.bundle, now, max_count)
-    return PeerCAs(snapshot.cluster, tuple(certs), tuple(str(p) for p in problems))
+    return PeerCAs(snapshot.cluster, tuple(certs), tuple(problems))
 
 
 def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[str],

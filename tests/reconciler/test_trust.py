@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certs.bundle import fingerprint, parse_bundle, to_pem, valid_at
+from certs.bundle import ProblemKind, fingerprint, parse_bundle, to_pem, valid_at
 from certs.generate import make_ca, make_leaf
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
 from dlm_guard.store import ObjectStore
@@ -119,9 +119,17 @@ def test_a_broken_peer_bundle_does_not_block_its_good_certs_nor_other_peers():
     assert write.fingerprints == prints(ca("b"), ca("c"))
     assert "PRIVATE KEY" not in write.bundle and "hello" not in write.bundle
     assert not parse_bundle(write.bundle).problems  # nothing that would poison the inbox
-    assert plan.peers["b"].problems  # reported, never silently dropped
-    assert all("PRIVATE" not in line or "never copied" in line
-               for line in plan.peers["b"].problems)
+    kinds = {p.kind for p in plan.peers["b"].problems}  # reported, never silently dropped
+    assert {ProblemKind.PRIVATE_KEY, ProblemKind.GARBAGE, ProblemKind.UNPARSABLE} <= kinds
+    assert len(plan.peers["b"].notable_problems) == 3
+    assert not plan.peers["c"].problems
+
+
+def test_expired_and_future_cas_are_routine_not_notable():
+    plan = decide(snap("a", pem(ca("a"))),
+                  snap("b", pem(ca("expired", -9, -2), ca("future", 1, 9), ca("b"))),
+                  managed={"a"})
+    assert len(plan.peers["b"].problems) == 2 and plan.peers["b"].notable_problems == ()
 
 
 def test_a_peer_bundle_of_pure_garbage_gives_nothing_and_others_proceed():
