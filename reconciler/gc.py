@@ -231,6 +231,10 @@ def peer_of(item: _Item, clusters: Mapping[str, ObjectStore | None]) -> Peer:
 def remember(memory: GcMemory, items: Iterable[_Item],
              clusters: Mapping[str, ObjectStore | None], now: datetime) -> None:
     """Record this pass's observations, and forget VMIMs that are gone."""
+    if any(store is None for store in clusters.values()):
+        # Absence must be observed continuously: any outage, including one of the VMIM's own
+        # cluster (whose VMIMs are not in `items`), restarts every absence clock.
+        memory.peer_missing_since.clear()
     seen: set[VmimKey] = set()
     for item in items:
         key = item.key
@@ -248,8 +252,7 @@ def _remember_peer(memory: GcMemory, key: VmimKey, peer: Peer, now: datetime) ->
         memory.peer_seen.add(key)
     if peer is Peer.MISSING:
         memory.peer_missing_since.setdefault(key, now)
-    else:
-        # Absence must be observed continuously: an outage restarts the clock.
+    else:  # present, or unknown this pass: the absence clock restarts
         memory.peer_missing_since.pop(key, None)
 
 
