@@ -152,10 +152,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     check_content_type(request.content_type if declared else "")
     check_declared_length(request.content_length, limit)
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        if len(body) + len(chunk) > limit:
-            raise ReviewError(413, f"body exceeds the {limit} byte limit")
-        body.extend(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            if len(body) + len(chunk) > limit:
+                raise ReviewError(413, f"body exceeds the {limit} byte limit")
+            body.extend(chunk)
+    except ConnectionError:  # the client went away mid-body: a log line, not a traceback
+        raise ReviewError(400, "connection closed before the whole body arrived") from None
     return bytes(body)
 
 

@@ -323,3 +323,24 @@ async def test_tls_1_1_is_refused_and_1_2_accepted(base_url: str, pki: PairPaths
     assert writer.get_extra_info("ssl_object").version() == "TLSv1.2"
     writer.close()
     await writer.wait_closed()
+
+
+async def test_client_leaving_mid_body_is_counted_and_the_server_stays_up(
+        base_url: str, client_ssl: ssl.SSLContext, session: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="webhook.server")
+    port = int(base_url.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl)
+    writer.write(b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\"")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    for _ in range(100):
+        if any("connection closed before" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("connection closed before" in r.getMessage() for r in caplog.records)
+    status, _ = await _post(session, f"{base_url}/validate", review(TARGET_VMIM))
+    assert status == 200
