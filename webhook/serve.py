@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,8 +26,11 @@ from certs.tls import ServingTLS, TLSLoadError, add_sighup_reload, register_expi
 from dlm_guard.logs import setup_logging
 from webhook.engine import Context, random_suffix
 from webhook.metrics import AdmissionMetrics
-from webhook.policy import CLUSTER_RULES, PolicyError, load_policy
+from webhook.policy import CLUSTER_RULES, Policy, PolicyError, load_policy
 from webhook.server import CONTEXT, IN_FLIGHT, ReadyCheck, create_app
+
+if TYPE_CHECKING:  # webhook.cache pulls in the kubernetes client: imported on use only
+    from webhook.cache import ClusterCache
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def build(args: argparse.Namespace) -> web.Application:
 
 
 # --- Settings -------------------------------------------------------------------------
-def _load_policy(path: str | None) -> Any:
+def _load_policy(path: str | None) -> Policy:
     try:
         return load_policy(path)
     except PolicyError as err:
@@ -166,7 +169,7 @@ def _serving_tls(files: TLSFiles) -> ServingTLS:
         raise StartupError(str(err)) from None
 
 
-def _cluster_cache(kubeconfig: str | None) -> Any:
+def _cluster_cache(kubeconfig: str | None) -> ClusterCache:
     # Imported here: the kubernetes client is slow to import and --offline never needs it.
     from webhook.cache import (
         ClusterCache,
@@ -206,7 +209,7 @@ def _reload_ctx(tls: ServingTLS, interval: float) -> Callable[[Any], AsyncIterat
     return sighup_only
 
 
-def _cache_ctx(cache: Any) -> Callable[[Any], AsyncIterator[None]]:
+def _cache_ctx(cache: ClusterCache) -> Callable[[Any], AsyncIterator[None]]:
     async def lifetime(_app: Any) -> AsyncIterator[None]:
         cache.start()
         try:
