@@ -162,7 +162,7 @@ def in_cluster_client() -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
-SecretLister = Callable[[k8s.ApiClient], list[Obj]]
+SecretLister = Callable[[k8s.ApiClient], Iterable[Obj]]
 
 
 class Registry:

@@ -69,7 +69,7 @@ class Settings(BaseModel):
     leader_election_namespace: str = "default"
     leader_election_cluster: str | None = None  # None: the first managed cluster
     lease_name: str = "dlm-guard-reconciler"
-    metrics_port: int = Field(9090, ge=0, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
     api_timeout: timedelta = timedelta(seconds=10)
     max_certificates: int = 50
 

@@ -69,7 +69,7 @@ WRITE = CaWrite(cluster="a", namespace="kubevirt", bundle="", fingerprints=("f",
 
 def actor(**kwargs: Any) -> tuple[Actor, ReconcilerMetrics]:
     metrics = ReconcilerMetrics()
-    options = {"dry_run": False, "timeout": 1.0, "metrics": metrics} | kwargs
+    options: dict[str, Any] = {"dry_run": False, "timeout": 1.0, "metrics": metrics} | kwargs
     return Actor({"a": cluster("a", True), "ro": cluster("ro", False)}, **options), metrics
 
 

@@ -112,9 +112,9 @@ class Api:
 
     # KubeVirt objects
     def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+        result: Any = self.custom.create_namespaced_custom_object(
             "kubevirt.io", "v1", VM_NS, plural, obj)
-        return result
+        return dict(result)
 
     def set_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

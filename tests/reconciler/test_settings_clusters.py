@@ -187,7 +187,7 @@ def test_a_changed_peer_secret_gets_a_new_client(monkeypatch):
     listing[0] = [secret("west", kubeconfig=other)]
     registry.refresh()
     assert registry.get("west") is not first
-    assert first is not None and first.api.closed
+    assert first is not None and isinstance(first.api, FakeApi) and first.api.closed
 
 
 def test_peer_secret_is_a_pure_function_of_its_content():

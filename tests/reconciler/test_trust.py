@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certs.bundle import ProblemKind, fingerprint, parse_bundle, to_pem, valid_at
-from certs.generate import make_ca, make_leaf
+from certs.generate import Issued, make_ca, make_leaf
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
 from dlm_guard.store import ObjectStore
 from reconciler.gather import ConfigMapState, Snapshot
@@ -26,6 +26,11 @@ DAY = timedelta(days=1)
 def ca(name: str, start: int = -1, end: int = 6) -> x509.Certificate:
     """A real self-signed CA valid from NOW+start days to NOW+end days (cached per args)."""
     return make_ca(NOW + start * DAY, NOW + end * DAY, common_name=name).cert
+
+
+@cache
+def _issuer() -> Issued:
+    return make_ca(NOW - DAY, NOW + 5 * DAY, common_name="issuer")
 
 
 def pem(*certs: x509.Certificate) -> str:
@@ -99,11 +104,6 @@ def test_only_currently_valid_ca_certificates_of_the_peer_are_wanted(peer_bundle
     assert write is not None
     assert write.fingerprints == prints(*expected())
     assert write.bundle == to_pem(expected())
-
-
-@cache
-def _issuer():
-    return make_ca(NOW - DAY, NOW + 5 * DAY, common_name="issuer")
 
 
 def test_a_broken_peer_bundle_does_not_block_its_good_certs_nor_other_peers():
