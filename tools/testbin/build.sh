@@ -33,7 +33,10 @@ json_field() {  # json_field KEY <<<"$(go mod download -json ...)" (one key per 
     sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p"
 }
 
+go_checked=""
 require_go() {
+    [[ -z $go_checked ]] || return 0
+    go_checked=yes
     command -v go >/dev/null 2>&1 || die "Go is not installed or not on PATH. Install Go >= 1.26
   (Debian: apt-get install golang-go, if new enough; else see go.dev/doc/install), or point
   KUBEBUILDER_ASSETS at a folder holding kube-apiserver, etcd and kubectl."
