@@ -199,13 +199,17 @@ kube_target() {
         kube_dir=$KUBEBUILDER_ASSETS
         return
     fi
-    for version in "$K8S_VERSION" "$K8S_FALLBACK_VERSION"; do
-        if has_all "$bin_root/$version" "${kube_bins[@]}"; then
-            log "cached: $bin_root/$version"
-            kube_dir=$bin_root/$version
-            return
-        fi
-    done
+    if has_all "$bin_root/$K8S_VERSION" "${kube_bins[@]}"; then
+        log "cached: $bin_root/$K8S_VERSION"
+        kube_dir=$bin_root/$K8S_VERSION
+        return
+    fi
+    # The fallback's cache is used without a try at the pinned version only when Go is missing.
+    if ! command -v go >/dev/null 2>&1 && has_all "$bin_root/$K8S_FALLBACK_VERSION" "${kube_bins[@]}"; then
+        log "no Go: using the cached fallback $bin_root/$K8S_FALLBACK_VERSION"
+        kube_dir=$bin_root/$K8S_FALLBACK_VERSION
+        return
+    fi
     require_go
     for version in "$K8S_VERSION" "$K8S_FALLBACK_VERSION"; do
         if try_kube_version "$version"; then
