@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from controlplane.binaries import BUILD_SCRIPT
+from controlplane.binaries import BUILD_SCRIPT, read_versions
 
 NO_GO_PATH = "/usr/bin:/bin"  # bash, sed, grep, flock; not /usr/local/go/bin
 
@@ -50,3 +50,14 @@ def test_unknown_target_is_refused(tmp_path: Path) -> None:
     result = _run(tmp_path, "kubelet")
     assert result.returncode != 0
     assert "unknown target" in result.stderr
+
+
+def test_without_go_a_cached_fallback_is_used(tmp_path: Path) -> None:
+    fallback = tmp_path / "c" / "testbin" / read_versions()["K8S_FALLBACK_VERSION"]
+    fallback.mkdir(parents=True)
+    for name in ("kube-apiserver", "etcd", "kubectl"):
+        (fallback / name).write_text("#!/bin/sh\n")
+        (fallback / name).chmod(0o755)
+    result = _run(tmp_path, "kube")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == str(fallback)
