@@ -28,6 +28,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from bench import webhooks
+from bench.kubeload import ensure_namespace
 from bench.mix import vm as mix_vm
 from bench.servers import Server, ServerSpec, tls_pair
 from bench.stats import latency_summary
@@ -56,10 +57,9 @@ def vm_body(name: str, annotated: bool) -> dict[str, Any]:
 
 def _create(custom: k8s.CustomObjectsApi, body: dict[str, Any],
             dry_run: bool = False) -> dict[str, Any]:
-    extra = {"dry_run": "All"} if dry_run else {}
-    response = custom.create_namespaced_custom_object(
+    response: Any = custom.create_namespaced_custom_object(
         "kubevirt.io", "v1", NAMESPACE, "virtualmachines", body, _preload_content=False,
-        **extra)
+        dry_run="All" if dry_run else None)
     result: dict[str, Any] = json.loads(response.data)
     return result
 
@@ -138,7 +138,7 @@ def run(settings: Settings | None = None) -> dict[str, Any]:
 
 def _measure(cluster: Cluster, api: k8s.ApiClient, workdir: Path,
              settings: Settings) -> dict[str, Any]:
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+    ensure_namespace(api, NAMESPACE)
     custom = k8s.CustomObjectsApi(api)
     pair = tls_pair(workdir / "tls")
     spec = ServerSpec("dlm-guard-online", (

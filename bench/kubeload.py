@@ -136,8 +136,8 @@ def put_configmap(api: k8s.ApiClient, namespace: str, name: str, data: Mapping[s
 
 def configmap_data(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, str] | None:
     try:
-        response = k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace,
-                                                                 _preload_content=False)
+        response: Any = k8s.CoreV1Api(api).read_namespaced_config_map(
+            name, namespace, _preload_content=False)
     except ApiException as err:
         if err.status == 404:
             return None

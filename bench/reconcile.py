@@ -36,6 +36,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from bench import kubeload
+from bench.procstat import memory_kib
 from bench.servers import free_port, subprocess_env
 from bench.stats import median
 from certs.bundle import to_pem
@@ -118,30 +119,42 @@ def once(clusters: dict[str, Cluster], peers: int, workdir: Path, label: str,
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=subprocess_env())
-    code, usage = _wait4(process, timeout)
+    code, usage, peak_mib = _wait4(process, timeout)
     wall = time.perf_counter() - started
     requests = {name: kubeload.difference(kubeload.request_counts(c), before[name])
                 for name, c in clusters.items()}
     return {"seconds": round(wall, 3), "exit_code": code,
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "peak_rss_mib": peak_mib,
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "pass": (pass_lines(log) or [{}])[-1],
             "requests": requests,
             "requests_total": sum(sum(r.values()) for r in requests.values())}
 
 
-def _wait4(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any]:
-    deadline = time.monotonic() + timeout
+def _wait4(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any, float]:
+    """Wait for the process; (exit code, rusage, peak RSS in MiB).
+
+    The peak comes from /proc/PID/status VmHWM sampled while it runs: wait4's ru_maxrss
+    would start from this (much bigger) parent's RSS, which Linux carries over fork + exec.
+    """
+    deadline, peak_kib = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
+        peak_kib = max(peak_kib, memory_kib_or_zero(process.pid))
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid == process.pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage
+            return process.returncode, usage, round(peak_kib / 1024, 1)
         time.sleep(0.01)
     process.kill()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    os.wait4(process.pid, 0)
     raise TimeoutError(f"reconcile --once took longer than {timeout}s")
+
+
+def memory_kib_or_zero(pid: int) -> int:
+    try:
+        return memory_kib(pid).get("VmHWM", 0)
+    except (OSError, ValueError):  # exited, or a zombie without memory figures
+        return 0
 
 
 def startup_seconds() -> float:
@@ -298,7 +311,8 @@ def _measure(clusters: dict[str, Cluster], apis: dict[str, k8s.ApiClient], workd
     plan = kubeload.dataset(MANAGED, settings.vms, settings.vmims, settings.namespaces, now)
     small = _stage_subset(plan, settings.first_stage)
     in_small = {id(p) for p in small}
-    stages, created = [], []
+    stages: list[dict[str, Any]] = []
+    created: list[dict[str, Any]] = []
     for label, subset in (("small", small), ("full", [p for p in plan if id(p) not in in_small])):
         started = time.perf_counter()
         count = kubeload.create_all(apis, subset, settings.threads)

@@ -60,8 +60,10 @@ def configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], dict[s
 def register(api: k8s.ApiClient, base_url: str, ca_pem: bytes) -> None:
     mutating, validating = configurations(base_url, ca_pem)
     admission = k8s.AdmissionregistrationV1Api(api)
-    admission.create_mutating_webhook_configuration(mutating)
-    admission.create_validating_webhook_configuration(validating)
+    admission.create_mutating_webhook_configuration(
+        k8s.V1MutatingWebhookConfiguration.model_validate(mutating))
+    admission.create_validating_webhook_configuration(
+        k8s.V1ValidatingWebhookConfiguration.model_validate(validating))
 
 
 def unregister(api: k8s.ApiClient) -> None:

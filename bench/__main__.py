@@ -1,0 +1,129 @@
+"""`python -m bench COMMAND`: run benchmarks, print a table, keep the raw JSON.
+
+  all         every benchmark at full size; writes bench/results/<date>-<name>.json
+  smoke       a tiny version of each part (seconds each): checks that they work, no figures
+  micro       the pure engine micro-benchmark
+  webhook     webhook throughput/latency vs the bare aiohttp and rules-off baselines
+  apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
+  reconciler  reconciler scale on harness clusters
+
+Run the real thing on a quiet machine: the figures are only as good as the machine is idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+
+PARTS = ("micro", "webhook", "apiserver", "reconciler")
+HARNESS_PARTS = ("apiserver", "reconciler")
+
+
+def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One part, full size or smoke size. Imported lazily: each pulls in different things."""
+    if part == "micro":
+        from bench import micro
+        return micro.run(seconds=0.2 if smoke else args.micro_seconds)
+    if part == "webhook":
+        from bench import admission
+        if smoke:
+            return admission.run(admission.Settings(
+                seconds=1.0, warmup=0.3, concurrency=4, rounds=1, latency_seconds=1.0))
+        return admission.run(admission.Settings(
+            seconds=args.seconds, warmup=args.warmup, concurrency=args.concurrency,
+            rounds=args.rounds, latency_seconds=args.latency_seconds,
+            latency_fraction=args.latency_fraction))
+    if part == "apiserver":
+        from bench import apiserver
+        if smoke:
+            return apiserver.run(apiserver.Settings(objects=6, warmup=1, kubectl_sample=1,
+                                                    blocks=1))
+        return apiserver.run(apiserver.Settings(objects=args.objects))
+    from bench import reconcile
+    if smoke:
+        return reconcile.run(reconcile.Settings(vmims=40, vms=20, namespaces=2, peers=2,
+                                                first_stage=0.5, threads=4, rotations=1,
+                                                gc_trials=1, timeout=60))
+    return reconcile.run(reconcile.Settings(vmims=args.vmims, vms=args.vms,
+                                            namespaces=args.namespaces, peers=args.peers))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+    for name in ("all", "smoke", *PARTS):
+        sub = commands.add_parser(name)
+        sub.add_argument("--name", help="result name (default: the command)")
+        sub.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
+                         help="write bench/results/<date>-<name>.json (default: only for all)")
+        sub.add_argument("--out", type=Path, help="write the JSON document here instead")
+        if name in ("all", "smoke"):
+            sub.add_argument("--parts", default=",".join(PARTS),
+                             help=f"comma-separated subset of {','.join(PARTS)}")
+        sub.add_argument("--micro-seconds", type=float, default=2.0)
+        sub.add_argument("--seconds", type=float, default=10.0, help="per saturated run")
+        sub.add_argument("--warmup", type=float, default=2.0)
+        sub.add_argument("--concurrency", type=int, default=16)
+        sub.add_argument("--rounds", type=int, default=3)
+        sub.add_argument("--latency-seconds", type=float, default=15.0)
+        sub.add_argument("--latency-fraction", type=float, default=0.5)
+        sub.add_argument("--objects", type=int, default=300, help="VMs per phase (apiserver)")
+        sub.add_argument("--vmims", type=int, default=5000)
+        sub.add_argument("--vms", type=int, default=2000)
+        sub.add_argument("--namespaces", type=int, default=50)
+        sub.add_argument("--peers", type=int, default=10)
+    return top
+
+
+def parts_of(args: argparse.Namespace) -> list[str]:
+    if args.command not in ("all", "smoke"):
+        return [args.command]
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown part(s): {', '.join(unknown)} (known: {', '.join(PARTS)})")
+    return chosen
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None],
+        command: str = "python -m bench") -> dict[str, Any]:
+    """Every chosen part; the result document (not yet saved)."""
+    started = datetime.now(UTC)
+    results: dict[str, Any] = {}
+    smoke = args.command == "smoke"
+    for part in parts_of(args):
+        log(f"[bench] {part}{' (smoke)' if smoke else ''} ...")
+        began = time.monotonic()
+        results[part] = run_part(part, smoke, args)
+        results[part]["bench_seconds"] = round(time.monotonic() - began, 1)
+    return report.document(args.name or args.command, command, results, started)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(words)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+    doc = run(args, log, " ".join(["python -m bench", *words]))
+    print(report.table(doc["results"]))
+    save = args.save if args.save is not None else args.command == "all"
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"[bench] raw results: {args.out}")
+    elif save:
+        log(f"[bench] raw results: {report.save(doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
