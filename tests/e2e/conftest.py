@@ -1,1 +1,1 @@
-"""End-to-end tests use `binaries` and `clusters` from controlplane.pytest_plugin (tests/conftest.py)."""
+"""End-to-end tests get `binaries` and `clusters` from controlplane.pytest_plugin (root conftest)."""
