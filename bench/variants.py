@@ -1,0 +1,256 @@
+"""Measured proposals for the webhook hot path, without touching webhook/ itself.
+
+`python -m bench.variants --variant fastpatch,orjson -- serve --offline ...` runs
+`dlm-guard serve` with the named changes monkeypatched in; `run()` measures each variant against
+the unchanged server (and the bare baseline) under the same load, in one run, round by round.
+
+Variants (each is what we propose to change in webhook/, written here as a drop-in):
+  fastpatch     mutations.json_patch: a direct recursive dict diff with an equality short-cut,
+                instead of jsonpatch.make_patch (which walks and sorts every nested member)
+  narrowcopy    mutations._copy_with_private: copy metadata/spec two levels deep (what the
+                mutations write) instead of deep-copying them, managedFields included
+  orjson        review._parse_json and server.encode_answer with orjson (same rejections:
+                NaN/Infinity and over-deep nesting raise, as with json + parse_constant)
+  metricscache  AdmissionMetrics.observe: keep the labelled children in a dict instead of
+                calling .labels() (a lock and a label check) twice per request
+  readall       server.read_body: `await request.read()` under client_max_size instead of a
+                Python loop over chunks
+  uvloop        uvloop's event loop under aiohttp
+  quietlog      `--log-level warning`: no info line per denied request (measures logging only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JsonPatch = list[dict[str, Any]]
+_ABSENT = object()
+
+
+# --- the drop-ins -------------------------------------------------------------------------
+def pointer(path: str, key: str) -> str:
+    return f"{path}/{key.replace('~', '~0').replace('/', '~1')}"
+
+
+def fast_json_patch(before: Any, after: Any) -> JsonPatch:
+    """A minimal RFC 6902 patch from before to after for dict changes ([] when equal);
+    anything that is not a dict on both sides is replaced whole."""
+    patch: JsonPatch = []
+    _diff(before, after, "", patch)
+    return patch
+
+
+def _diff(old: Any, new: Any, path: str, out: JsonPatch) -> None:
+    if old is new or old == new:
+        return
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        out.append({"op": "replace", "path": path, "value": new})
+        return
+    for key, value in old.items():
+        if key not in new:
+            out.append({"op": "remove", "path": pointer(path, str(key))})
+        else:
+            _diff(value, new[key], pointer(path, str(key)), out)
+    for key, value in new.items():
+        if key not in old:
+            out.append({"op": "add", "path": pointer(path, str(key)), "value": value})
+
+
+def _patch_fastpatch() -> None:
+    from webhook import engine, mutations
+
+    def json_patch(before: Any, after: Any) -> JsonPatch:
+        return [] if before == after else fast_json_patch(dict(before), dict(after))
+    mutations.json_patch = json_patch  # type: ignore[assignment]
+    engine.json_patch = json_patch  # type: ignore[assignment]
+
+
+def two_level_copy(obj: Any, *fields: str) -> dict[str, Any]:
+    """obj with `fields` and their dict members copied: enough for mutations that only write
+    metadata.labels[k], metadata.annotations[k] and spec.receive.migrationID, without
+    deep-copying managedFields or a whole VM template."""
+    result = dict(obj)
+    for field in fields:
+        value = result.get(field)
+        if isinstance(value, dict):
+            result[field] = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
+    return result
+
+
+def _patch_narrowcopy() -> None:
+    from webhook import mutations
+    mutations._copy_with_private = two_level_copy
+
+
+def _patch_orjson() -> None:
+    import orjson
+
+    from webhook import review, server
+
+    def parse_json(body: bytes) -> Any:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as err:  # NaN, Infinity, depth > 1024, bad UTF-8
+            raise review.ReviewError(400, "body is not valid JSON: "
+                                     + review._one_line(str(err))) from None
+
+    def encode_answer(rev: Any, decision: Any) -> bytes:
+        answer = decision.review(rev.uid)
+        answer["apiVersion"], answer["kind"] = rev.api_version, rev.kind
+        encoded: bytes = orjson.dumps(answer)
+        return encoded
+    review._parse_json = parse_json
+    server.encode_answer = encode_answer
+
+
+def _patch_metricscache() -> None:
+    from webhook import metrics
+
+    def observe(self: Any, endpoint: str, kind: str, operation: str, result: str,
+                seconds: float) -> None:
+        cache = self.__dict__.setdefault("_children", {})
+        key = (endpoint, kind, operation, result)
+        children = cache.get(key)
+        if children is None:
+            children = cache[key] = (
+                self.requests.labels(endpoint, metrics.kind_label(kind),
+                                     metrics.operation_label(operation), result),
+                self.duration.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+    metrics.AdmissionMetrics.observe = observe  # type: ignore[method-assign]
+
+
+def _patch_readall() -> None:
+    from aiohttp import hdrs, web
+
+    from webhook import review, server
+
+    async def read_body(request: web.Request, limit: int) -> bytes:
+        declared = request.headers.get(hdrs.CONTENT_TYPE)
+        review.check_content_type(request.content_type if declared else "")
+        review.check_declared_length(request.content_length, limit)
+        try:
+            return await request.read()  # capped at the app's client_max_size (= limit)
+        except web.HTTPRequestEntityTooLarge:
+            raise review.ReviewError(413, f"body exceeds the {limit} byte limit") from None
+    server.read_body = read_body
+
+
+def _patch_uvloop() -> None:
+    import uvloop
+    uvloop.install()
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "fastpatch": _patch_fastpatch, "narrowcopy": _patch_narrowcopy, "orjson": _patch_orjson,
+    "metricscache": _patch_metricscache, "readall": _patch_readall, "uvloop": _patch_uvloop,
+}
+FLAGS = {"quietlog": ("--log-level", "warning")}
+ALL_CODE = ("fastpatch", "narrowcopy", "orjson", "metricscache", "readall")
+
+
+def apply(names: Sequence[str]) -> None:
+    for name in names:
+        if name in PATCHES:
+            PATCHES[name]()
+        elif name not in FLAGS:
+            raise SystemExit(f"unknown variant {name!r}: known {sorted([*PATCHES, *FLAGS])}")
+
+
+# --- the launcher ---------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.variants")
+    parser.add_argument("--variant", default="", help="comma-separated variant names")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- dlm-guard arguments")
+    args = parser.parse_args(argv)
+    names = [n for n in args.variant.split(",") if n]
+    apply(names)
+    rest = [a for a in args.rest if a != "--"]
+    for name in names:
+        rest += list(FLAGS.get(name, ()))
+    from dlm_guard.cli import main as dlm_guard_main
+    return dlm_guard_main(rest)
+
+
+# --- measuring them ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    seconds: float = 8.0
+    warmup: float = 1.5
+    concurrency: int = 16
+    rounds: int = 3
+    variants: tuple[str, ...] = ("fastpatch", "narrowcopy", "orjson", "metricscache", "readall", "uvloop",
+                                 "quietlog", ",".join(ALL_CODE), ",".join([*ALL_CODE, "uvloop"]))
+
+
+def variant_spec(name: str, pair: Any) -> Any:
+    from bench.servers import ServerSpec
+    argv = [sys.executable, "-m", "bench.variants", "--variant", name, "--", "serve",
+            "--offline", "--host", "127.0.0.1", "--port", "{port}",
+            "--tls-cert", str(pair.tls_cert), "--tls-key", str(pair.tls_key)]
+    return ServerSpec(name or "dlm-guard", tuple(argv))
+
+
+def run(settings: Settings | None = None) -> dict[str, Any]:
+    """Saturated runs of bare, unchanged dlm-guard and every variant, round-robin."""
+    from bench import admission
+    from bench.mix import build_mix
+    from bench.servers import Server, bare_spec, pin_self, pinning_available, tls_pair
+
+    settings = settings or Settings()
+    items = build_mix()
+    pinned = pinning_available([admission.LOADGEN_CORE, admission.SERVER_CORE])
+    if pinned:
+        pin_self(admission.LOADGEN_CORE)
+    core = admission.SERVER_CORE if pinned else None
+    sat = admission.Settings(seconds=settings.seconds, warmup=settings.warmup,
+                             concurrency=settings.concurrency)
+    with tempfile.TemporaryDirectory(prefix="dlm-guard-bench-var-") as tmp:
+        pair = tls_pair(Path(tmp) / "tls")
+        specs = [bare_spec(pair), variant_spec("", pair),
+                 *(variant_spec(v, pair) for v in settings.variants)]
+        servers = []
+        try:
+            for spec in specs:
+                servers.append(Server(spec, Path(tmp), pair.ca_cert, core))
+            ca = str(pair.ca_cert)
+            for server in servers[1:]:
+                admission.check_answers(server, ca, items)  # same decisions as the engine
+            rounds: dict[str, list[dict[str, Any]]] = {s.spec.name: [] for s in servers}
+            for _ in range(settings.rounds):
+                for server in servers:
+                    rounds[server.spec.name].append(admission.saturated(server, ca, items, sat))
+        finally:
+            for server in servers:
+                server.stop()
+    return summarize(rounds, settings, pinned)
+
+
+def summarize(rounds: dict[str, list[dict[str, Any]]], settings: Settings,
+              pinned: bool) -> dict[str, Any]:
+    from bench.stats import median
+    cpu = {name: median([r["server_cpu_us_per_request"] for r in runs])
+           for name, runs in rounds.items()}
+    rps = {name: median([r["requests_per_second"] for r in runs])
+           for name, runs in rounds.items()}
+    base, bare = cpu["dlm-guard"], cpu["bare-aiohttp"]
+    return {
+        "settings": {**settings.__dict__, "pinned": pinned},
+        "server_cpu_us_per_request": {n: round(v, 1) for n, v in cpu.items()},
+        "requests_per_second": {n: round(v, 1) for n, v in rps.items()},
+        "cpu_saved_vs_unchanged_percent": {n: round(100 * (base - v) / base, 1)
+                                           for n, v in cpu.items() if n != "bare-aiohttp"},
+        "capacity_vs_bare": {n: round(bare / v, 3) for n, v in cpu.items()},
+        "rounds": rounds,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
