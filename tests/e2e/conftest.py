@@ -1,1 +1,1 @@
-"""End-to-end tests get `binaries` and `clusters` from controlplane.pytest_plugin (root conftest)."""
+"""End-to-end tests: `binaries` and `clusters` come from controlplane.pytest_plugin."""
