@@ -4,6 +4,7 @@
   smoke       a tiny version of each part (seconds each): checks that they work, no figures
   micro       the pure engine micro-benchmark
   webhook     webhook throughput/latency vs the bare aiohttp and rules-off baselines
+  variants    proposed hot-path changes (bench/variants.py), each measured in a server
   apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
   reconciler  reconciler scale on harness clusters
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from bench import report
 
-PARTS = ("micro", "webhook", "apiserver", "reconciler")
+PARTS = ("micro", "webhook", "variants", "apiserver", "reconciler")
 HARNESS_PARTS = ("apiserver", "reconciler")
 
 
@@ -41,6 +42,13 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
             seconds=args.seconds, warmup=args.warmup, concurrency=args.concurrency,
             rounds=args.rounds, latency_seconds=args.latency_seconds,
             latency_fraction=args.latency_fraction))
+    if part == "variants":
+        from bench import variants
+        if smoke:
+            return variants.run(variants.Settings(seconds=0.5, warmup=0.2, concurrency=4,
+                                                  rounds=1, variants=("fastpatch,orjson",)))
+        return variants.run(variants.Settings(seconds=args.seconds * 0.8, warmup=args.warmup,
+                                              concurrency=args.concurrency, rounds=args.rounds))
     if part == "apiserver":
         from bench import apiserver
         if smoke:

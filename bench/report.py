@@ -48,6 +48,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
         found += _micro_rows(results["micro"])
     if "webhook" in results:
         found += _webhook_rows(results["webhook"])
+    if "variants" in results:
+        found += _variant_rows(results["variants"])
     if "apiserver" in results:
         found += _apiserver_rows(results["apiserver"])
     if "reconciler" in results:
@@ -90,6 +92,18 @@ def _webhook_rows(web: dict[str, Any]) -> list[Row]:
                       f"p99 {lat.get('p99_ms')} ms, max {lat.get('max_ms')} ms",
                       f"p99 < {target['target']:g} ms" if is_ours else "",
                       _verdict(target["met"]) if is_ours else ""))
+    return found
+
+
+def _variant_rows(var: dict[str, Any]) -> list[Row]:
+    found: list[Row] = []
+    cpu = var["server_cpu_us_per_request"]
+    for name, saved in var["cpu_saved_vs_unchanged_percent"].items():
+        if name == "dlm-guard":
+            continue
+        found.append((f"variant {name}: server CPU per request",
+                      f"{cpu[name]} us (unchanged {cpu['dlm-guard']} us: {saved:+}% saved), "
+                      f"capacity vs bare {var['capacity_vs_bare'][name]:.2f}", "", ""))
     return found
 
 

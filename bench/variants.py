@@ -92,6 +92,7 @@ def _patch_orjson() -> None:
     import orjson
 
     from webhook import review, server
+    from webhook.decision import Decision
 
     def parse_json(body: bytes) -> Any:
         try:
@@ -100,7 +101,7 @@ def _patch_orjson() -> None:
             raise review.ReviewError(400, "body is not valid JSON: "
                                      + review._one_line(str(err))) from None
 
-    def encode_answer(rev: Any, decision: Any) -> bytes:
+    def encode_answer(rev: review.Review, decision: Decision) -> bytes:
         answer = decision.review(rev.uid)
         answer["apiVersion"], answer["kind"] = rev.api_version, rev.kind
         encoded: bytes = orjson.dumps(answer)
@@ -186,8 +187,9 @@ class Settings:
     warmup: float = 1.5
     concurrency: int = 16
     rounds: int = 3
-    variants: tuple[str, ...] = ("fastpatch", "narrowcopy", "orjson", "metricscache", "readall", "uvloop",
-                                 "quietlog", ",".join(ALL_CODE), ",".join([*ALL_CODE, "uvloop"]))
+    variants: tuple[str, ...] = (
+        "fastpatch", "narrowcopy", "orjson", "metricscache", "readall", "uvloop", "quietlog",
+        ",".join(ALL_CODE), ",".join([*ALL_CODE, "uvloop"]))
 
 
 def variant_spec(name: str, pair: Any) -> Any:

@@ -47,7 +47,7 @@ def check_run(run: dict[str, Any]) -> None:
 
 
 def test_micro_and_webhook_load_smoke(tmp_path: Path) -> None:
-    results = smoke("micro,webhook", tmp_path / "smoke.json")
+    results = smoke("micro,webhook,variants", tmp_path / "smoke.json")
 
     micro = results["micro"]
     assert micro["reviews_in_mix"] == 40
@@ -67,6 +67,13 @@ def test_micro_and_webhook_load_smoke(tmp_path: Path) -> None:
     for ratio in web["ratios_vs_bare"].values():
         assert positive(ratio["throughput"]) and positive(ratio["capacity_by_cpu"])
     assert set(web["targets"]) == {"throughput_ratio", "p99_ms_at_fraction"}
+
+    variants = results["variants"]
+    assert set(variants["server_cpu_us_per_request"]) == {"bare-aiohttp", "dlm-guard",
+                                                          "fastpatch,orjson"}
+    for runs in variants["rounds"].values():
+        for run in runs:
+            check_run(run)
 
 
 @pytest.mark.e2e
