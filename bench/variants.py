@@ -91,22 +91,24 @@ def _patch_narrowcopy() -> None:
 def _patch_orjson() -> None:
     import orjson
 
-    from webhook import review, server
+    from webhook import review as reviews
+    from webhook import server
     from webhook.decision import Decision
+    from webhook.review import Review
 
     def parse_json(body: bytes) -> Any:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as err:  # NaN, Infinity, depth > 1024, bad UTF-8
-            raise review.ReviewError(400, "body is not valid JSON: "
-                                     + review._one_line(str(err))) from None
+            raise reviews.ReviewError(400, "body is not valid JSON: "
+                                      + reviews._one_line(str(err))) from None
 
-    def encode_answer(rev: review.Review, decision: Decision) -> bytes:
-        answer = decision.review(rev.uid)
-        answer["apiVersion"], answer["kind"] = rev.api_version, rev.kind
+    def encode_answer(review: Review, decision: Decision) -> bytes:
+        answer = decision.review(review.uid)
+        answer["apiVersion"], answer["kind"] = review.api_version, review.kind
         encoded: bytes = orjson.dumps(answer)
         return encoded
-    review._parse_json = parse_json
+    reviews._parse_json = parse_json
     server.encode_answer = encode_answer
 
 
