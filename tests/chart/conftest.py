@@ -1,8 +1,8 @@
 """Fixtures of the chart tests: `helm` (a hard failure when missing) and rendered manifests.
 
-`binaries` comes from the control-plane harness for the end-to-end apply test; that test
-starts a cluster of its own, so the webhook configurations it installs (failurePolicy Fail)
-never reach other tests' clusters.
+`binaries` comes from the control-plane plugin (root conftest.py). The end-to-end test starts a
+cluster of its own, so the webhook configurations it installs (failurePolicy Fail) never reach
+other tests' clusters.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 from chart_support import FULL_VALUES, HelmNotFound, Manifest, find_helm, render
-
-from controlplane.pytest_plugin import binaries  # noqa: F401
 
 
 @pytest.fixture(scope="session")

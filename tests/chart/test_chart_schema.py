@@ -69,9 +69,11 @@ FAIL_GUARDS: dict[str, tuple[dict[str, Any], str]] = {
     "PDB that blocks every drain": (
         {"webhook": {"replicas": 1}}, "must be below webhook.replicas"),
     "PDB with both bounds": (
-        {"reconciler": {"podDisruptionBudget": {"maxUnavailable": 1}}}, "not both"),
-    "PDB with no bound": (
-        {"webhook": {"podDisruptionBudget": {"minAvailable": None}}}, "set one of"),
+        {"reconciler": {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}},
+        "not both"),
+    "PDB percentage and replicas 1 is fine, a count is not": (
+        {"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}}},
+        "must be below webhook.replicas"),
     "nothing enabled": (
         {"webhook": {"enabled": False}, "reconciler": {"enabled": False}}, "nothing to install"),
     "peers without a reconciler": (
@@ -79,7 +81,7 @@ FAIL_GUARDS: dict[str, tuple[dict[str, Any], str]] = {
         "only the reconciler uses them"),
     "peer listed twice": (
         {"peers": {"clusters": [{"name": "b", "kubeconfig": "x"},
-                                {"name": "b", "kubeconfig": "y"}]}}, "listed twice"),
+                                {"name": "b", "kubeconfig": "other"}]}}, "listed twice"),
     "webhook TLS config without ServiceMonitor": (
         {"metrics": {"serviceMonitor": {"webhookTLSConfig": {"insecureSkipVerify": True}}}},
         "serviceMonitor.enabled is false"),

@@ -125,16 +125,17 @@ seccompProfile:
 {{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) -}}
 {{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable, not both" .component) -}}
 {{- end -}}
-{{- if and (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) -}}
-{{- fail (printf "%s.podDisruptionBudget: set one of minAvailable or maxUnavailable" .component) -}}
+{{- $min := $pdb.minAvailable -}}
+{{- if and (kindIs "invalid" $min) (kindIs "invalid" $pdb.maxUnavailable) -}}
+{{- $min = 1 -}}
 {{- end -}}
-{{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "string" $pdb.minAvailable)) -}}
-{{- if ge (int $pdb.minAvailable) (int .replicas) -}}
-{{- fail (printf "%s.podDisruptionBudget.minAvailable (%d) must be below %s.replicas (%d), or no node could ever be drained" .component (int $pdb.minAvailable) .component (int .replicas)) -}}
+{{- if and (not (kindIs "invalid" $min)) (not (kindIs "string" $min)) -}}
+{{- if ge (int $min) (int .replicas) -}}
+{{- fail (printf "%s.podDisruptionBudget.minAvailable (%d) must be below %s.replicas (%d), or no node could ever be drained: raise the replicas or disable the budget" .component (int $min) .component (int .replicas)) -}}
 {{- end -}}
 {{- end -}}
-{{- if not (kindIs "invalid" $pdb.minAvailable) }}
-minAvailable: {{ $pdb.minAvailable }}
+{{- if not (kindIs "invalid" $min) }}
+minAvailable: {{ $min }}
 {{- else }}
 maxUnavailable: {{ $pdb.maxUnavailable }}
 {{- end }}
