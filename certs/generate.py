@@ -100,8 +100,9 @@ def normalize_ips(addresses: Sequence[str]) -> list[ipaddress.IPv4Address | ipad
     return result
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, organizations: Sequence[str] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _ski(key: PrivateKey) -> x509.SubjectKeyIdentifier:
@@ -137,11 +138,13 @@ def make_ca(not_before: datetime, not_after: datetime, *, common_name: str = CA_
 def make_leaf(ca: Issued, not_before: datetime, not_after: datetime, *,
               dns: Sequence[str] = (), ips: Sequence[str] = (),
               common_name: str | None = None, key: PrivateKey | None = None,
-              client_auth: bool = False) -> Issued:
+              client_auth: bool = False, organizations: Sequence[str] = ()) -> Issued:
     """A serving certificate signed by `ca`: digitalSignature, ExtKeyUsage serverAuth.
 
     The SANs are what clients check (Go, hence the apiserver, ignores the CN); the CN is only
-    for people reading logs. `client_auth` adds clientAuth for mTLS test fixtures.
+    for people reading logs. `client_auth` adds clientAuth for mTLS test fixtures. As a
+    client certificate, kube-apiserver reads the user from the CN and the groups from
+    `organizations` (subject O), e.g. the test control plane's system:masters admin.
     """
     key = key or new_key()
     dns_names, addresses = normalize_dns(dns), normalize_ips(ips)
@@ -149,7 +152,8 @@ def make_leaf(ca: Issued, not_before: datetime, not_after: datetime, *,
                                                   if client_auth else [])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name or leaf_common_name(dns_names, addresses)))
+        .subject_name(_name(common_name or leaf_common_name(dns_names, addresses),
+                            organizations))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -254,6 +258,13 @@ def key_pem(key: PrivateKey) -> bytes:
     # PKCS#8, unencrypted: what Kubernetes TLS Secrets, ssl and Go's tls.X509KeyPair all accept.
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def public_key_pem(key: PrivateKey) -> bytes:
+    # SubjectPublicKeyInfo ("PUBLIC KEY"): kube-apiserver's --service-account-key-file reads
+    # public keys, and PKCS#8 private keys there are not recognised.
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_issued(cert_path: Path, key_path: Path) -> Issued:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from certs.generate import cert_pem, key_pem
 from controlplane import kubeconfig, pki
 from controlplane.binaries import Binaries, binaries_or_reason
 from controlplane.ports import free_ports
@@ -129,19 +130,20 @@ class _Layout:
         )
 
 
-def _write_pki(layout: _Layout, name: str) -> tuple[pki.KeyPair, pki.KeyPair]:
+def _write_pki(layout: _Layout, name: str) -> tuple[pki.Issued, pki.Issued]:
     """CA, serving cert (IP SAN 127.0.0.1), admin client cert, service-account key pair."""
     (layout.root / "pki").mkdir(parents=True, exist_ok=True)
     ca = pki.new_ca(f"{name}-ca")
-    ca.write(layout.ca_cert, layout.ca_key)
-    pki.serving_cert(
+    pki.write_pair(ca, layout.ca_cert, layout.ca_key)
+    serving = pki.serving_cert(
         ca, "kube-apiserver", dns=("localhost", "kubernetes", "kubernetes.default")
-    ).write(layout.serving_cert, layout.serving_key)
+    )
+    pki.write_pair(serving, layout.serving_cert, layout.serving_key)
     admin = pki.client_cert(ca, "admin", groups=("system:masters",))
-    admin.write(layout.client_cert, layout.client_key)
+    pki.write_pair(admin, layout.client_cert, layout.client_key)
     sa_key = pki.new_key()
-    layout.sa_key.write_bytes(pki.private_key_pem(sa_key))
-    layout.sa_pub.write_bytes(pki.public_key_pem(sa_key))
+    pki.write_key(sa_key, layout.sa_key)
+    pki.write_public_key(sa_key, layout.sa_pub)
     return ca, admin
 
 
@@ -301,7 +303,9 @@ def _start_one(name: str, root: Path, launcher: Launcher, run: _Run) -> Cluster:
     )
     kubeconfig.write(
         layout.kubeconfig,
-        kubeconfig.render(name, server, ca.cert_pem(), admin.cert_pem(), admin.key_pem()),
+        kubeconfig.render(
+            name, server, cert_pem(ca.cert), cert_pem(admin.cert), key_pem(admin.key)
+        ),
     )
     return Cluster(
         name=name,
