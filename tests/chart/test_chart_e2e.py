@@ -33,12 +33,10 @@ pytestmark = pytest.mark.e2e
 OPT_IN = "dlm-guard-chart-e2e"  # namespace label the scope test's webhooks are limited to
 SCOPE_NS, IGNORED_NS, OTHER_NS = "scope", "scope-ignored", "scope-not-opted-in"
 CALLED = "failed calling webhook"
-# Switch off what needs CRDs the test cluster lacks, and what only makes sense with them.
-NO_EXTERNAL_CRDS = {
-    "webhook": {"tls": {"mode": "helm", "certManager": {"issuerRef": None}}},
-    "metrics": {"serviceMonitor": {"enabled": False, "webhookTLSConfig": None},
-                "prometheusRule": {"enabled": False}},
-}
+# Switch off what needs CRDs the test cluster lacks (Prometheus Operator's, cert-manager's).
+NO_MONITORING = {"metrics": {"serviceMonitor": {"enabled": False, "webhookTLSConfig": None},
+                             "prometheusRule": {"enabled": False}}}
+HELM_TLS = {"webhook": {"tls": {"mode": "helm", "certManager": {"issuerRef": None}}}}
 
 
 @pytest.fixture(scope="module")
@@ -62,30 +60,27 @@ def _ensure_namespace(cluster: Cluster, name: str, labels: dict[str, str] | None
 
 
 # --- 1. every object passes the API server's validation -------------------------------------
-DRY_RUN_VARIANTS = {
+def _existing_secret() -> dict[str, Any]:
+    from tls_material import ca_pem
+
+    return {"webhook": {"tls": {"mode": "existingSecret",
+                                "existingSecret": {"name": "mine", "caBundle": ca_pem()}}}}
+
+
+DRY_RUN_VARIANTS: dict[str, list[Path | dict[str, Any]]] = {
     "default": [],
-    "full": [FULL_VALUES],
-    "offline": ["offline"],
-    "existing-secret": ["existingSecret"],
+    "full": [FULL_VALUES, HELM_TLS],
+    "offline": [{"webhook": {"offline": True}}],
+    "existing-secret": [_existing_secret()],
 }
 
 
 @pytest.mark.parametrize("variant", DRY_RUN_VARIANTS)
 def test_server_side_dry_run_accepts_every_object(
         helm: Path, cluster: Cluster, tmp_path: Path, variant: str) -> None:
-    from tls_material import ca_pem
-
-    files: list[Path] = []
-    for item in DRY_RUN_VARIANTS[variant]:
-        if item == "offline":
-            files.append(_values_file(tmp_path, {"webhook": {"offline": True}}, "offline.yaml"))
-        elif item == "existingSecret":
-            files.append(_values_file(tmp_path, {"webhook": {"tls": {
-                "mode": "existingSecret",
-                "existingSecret": {"name": "mine", "caBundle": ca_pem()}}}}, "secret.yaml"))
-        else:
-            files.append(Path(item))
-    files.append(_values_file(tmp_path, NO_EXTERNAL_CRDS, "no-external-crds.yaml"))
+    layers = [*DRY_RUN_VARIANTS[variant], NO_MONITORING]
+    files = [layer if isinstance(layer, Path) else _values_file(tmp_path, layer, f"{i}.yaml")
+             for i, layer in enumerate(layers)]
     rendered = template(helm, files).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     for namespace in {d["metadata"].get("namespace") for d in docs} - {None}:
