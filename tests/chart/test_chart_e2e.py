@@ -302,3 +302,94 @@ def test_release_namespace_is_never_sent(cluster: Cluster, scope_docs: list[Mani
              Case("target VMIM in kube-system", None,
                   create=vmim("r-tgt", "kube-system", receive=True))]
     _run_cases(cluster, scope_docs, "ValidatingWebhookConfiguration", cases)
+
+
+# --- 3. the chart's webhook configurations and policy, served by the real `dlm-guard serve` ------
+SERVED_NS = "served"
+SERVED_VALUES = {
+    "webhook": {"namespaceSelector": {"matchLabels": {OPT_IN: "true"}}},
+    "policy": {
+        # The cluster-state rules would deny for lack of VMIs and a KubeVirt CR: off, which also
+        # shows that the policy values reach the server through the ConfigMap.
+        "rules": {"receiver-vmi": "off", "source-vmi": "off", "feature-gate": "off",
+                  "persistent-state": "enforce"},
+        "defaults": {"restoreRunStrategy": "Manual"},
+    },
+}
+
+
+def _pointed_at(config: Manifest, url_base: str, ca_pem: bytes) -> Manifest:
+    """The chart's configuration with its Service reference swapped for the local server's URL
+    (a test API server has no kube-proxy to reach a Service); everything else as rendered."""
+    import base64
+    import copy
+
+    config = copy.deepcopy(config)
+    for hook in config["webhooks"]:
+        path = hook["clientConfig"]["service"]["path"]
+        hook["clientConfig"] = {"url": f"{url_base}{path}",
+                                "caBundle": base64.b64encode(ca_pem).decode()}
+    return config
+
+
+def _create(cluster: Cluster, obj: Manifest) -> tuple[int, str, Manifest | None]:
+    result = kubectl(cluster, "create", "-o", "json", "-f", "-", input=json.dumps(obj),
+                     check=False)
+    return result.returncode, result.stderr, json.loads(result.stdout) if result.stdout else None
+
+
+def test_chart_configuration_and_policy_with_the_real_server(
+        helm: Path, cluster: Cluster, tmp_path: Path) -> None:
+    from controlplane.webhooks import run_webhook_server, wait_for_webhooks
+
+    docs = render(helm, [_values_file(tmp_path, SERVED_VALUES, "served.yaml")])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(next(d for d in of_kind(docs, "ConfigMap")
+                           if d["metadata"]["name"].endswith("-policy"))["data"]["policy.yaml"])
+    _ensure_namespace(cluster, SERVED_NS, {OPT_IN: "true"})
+    with run_webhook_server(cluster.kubeconfig, tmp_path / "server",
+                            extra_args=["--config", str(policy)]) as server:
+        configs = [_pointed_at(c, server.url_base, server.ca_pem)
+                   for c in of_kind(docs, "MutatingWebhookConfiguration",
+                                    "ValidatingWebhookConfiguration")]
+        kubectl(cluster, "apply", "--server-side", "-f", "-",
+                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs}))
+        try:
+            wait_for_webhooks(cluster, SERVED_NS)
+            _check_served(cluster)
+        finally:
+            kubectl(cluster, "delete",
+                    "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+                    "-l", "app.kubernetes.io/part-of=dlm-guard", "--ignore-not-found")
+
+
+def _check_served(cluster: Cluster) -> None:
+    # Mutation with the chart's default restore strategy (policy.defaults from values).
+    code, err, stored = _create(cluster, vm("s-war", SERVED_NS))
+    assert code == 0, err
+    assert stored is not None
+    assert stored["metadata"]["annotations"]["kubevirt.io/restore-run-strategy"] == "Manual"
+
+    # A target VMIM without migrationID gets one, and the pairing labels.
+    target = vmim("s-tgt", SERVED_NS, receive=True)
+    target["spec"]["receive"]["migrationID"] = ""
+    code, err, stored = _create(cluster, target)
+    assert code == 0, err
+    assert stored is not None
+    generated = stored["spec"]["receive"]["migrationID"]
+    assert generated and stored["metadata"]["labels"] == {
+        "dlm-guard.io/role": "target", "dlm-guard.io/migration-id": generated}
+
+    # Denials name their rule; persistent-state is enforced because the values say so.
+    unsafe = vm("s-unsafe", SERVED_NS, annotations=RESTORE)
+    devices = unsafe["spec"]["template"]["spec"]["domain"]["devices"]
+    devices["disks"][0]["shareable"] = True
+    devices["tpm"] = {"persistent": True}
+    code, err, _ = _create(cluster, unsafe)
+    assert code != 0
+    assert "[shareable-disk]" in err and "[persistent-state]" in err, err
+
+    source = vmim("s-src", SERVED_NS, send=True)
+    source["spec"]["sendTo"]["connectURL"] = "https://10.0.0.7:9185"
+    code, err, _ = _create(cluster, source)
+    assert code != 0 and "[connect-url]" in err, err
