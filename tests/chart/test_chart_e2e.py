@@ -14,6 +14,7 @@ with TLS mode helm and monitoring off: there are no cert-manager or Prometheus O
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,16 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_support import FULL_VALUES, NAMESPACE, Manifest, of_kind, render, template
+from chart_support import (
+    CHART,
+    FULL_VALUES,
+    NAMESPACE,
+    Manifest,
+    of_kind,
+    render,
+    run_helm,
+    template,
+)
 
 from controlplane.binaries import Binaries
 from controlplane.cluster import Cluster, start_clusters
@@ -393,3 +403,56 @@ def _check_served(cluster: Cluster) -> None:
     source["spec"]["sendTo"]["connectURL"] = "https://10.0.0.7:9185"
     code, err, _ = _create(cluster, source)
     assert code != 0 and "[connect-url]" in err, err
+
+
+# --- 4. helm install / upgrade: the generated TLS pair survives upgrades (lookup) --------------
+UPGRADE_NS, UPGRADE_RELEASE = "dlm-guard-upgrade", "keep"
+# Opt-in label no namespace carries: the installed fail-closed webhooks reach nothing.
+INERT = {"webhook": {"namespaceSelector": {"matchLabels": {"dlm-guard-chart-e2e-inert": "x"}}}}
+
+
+def _helm_on(helm: Path, cluster: Cluster, *args: str, check: bool = True,
+             ) -> subprocess.CompletedProcess[str]:
+    return run_helm(helm, *args, "--namespace", UPGRADE_NS, "--kubeconfig",
+                    str(cluster.kubeconfig), check=check)
+
+
+def _tls_state(cluster: Cluster) -> tuple[dict[str, str], set[str], list[int]]:
+    secret = json.loads(kubectl(cluster, "get", "secret", "-n", UPGRADE_NS,
+                                f"{UPGRADE_RELEASE}-dlm-guard-webhook-tls", "-o", "json").stdout)
+    bundles, timeouts = set(), []
+    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+        config = json.loads(kubectl(cluster, "get", kind, f"{UPGRADE_RELEASE}-dlm-guard",
+                                    "-o", "json").stdout)
+        bundles |= {h["clientConfig"]["caBundle"] for h in config["webhooks"]}
+        timeouts += [h["timeoutSeconds"] for h in config["webhooks"]]
+    return secret["data"], bundles, timeouts
+
+
+def test_install_and_upgrade_keep_the_generated_certificate(
+        helm: Path, cluster: Cluster, tmp_path: Path) -> None:
+    values = _values_file(tmp_path, INERT, "inert.yaml")
+    _ensure_namespace(cluster, UPGRADE_NS)
+    _ensure_namespace(cluster, "kubevirt")  # the reconciler's Role lives there
+    try:
+        _helm_on(helm, cluster, "install", UPGRADE_RELEASE, str(CHART), "--values", str(values))
+        first, bundles, _ = _tls_state(cluster)
+        assert bundles == {first["ca.crt"]}
+
+        _helm_on(helm, cluster, "upgrade", UPGRADE_RELEASE, str(CHART), "--values", str(values),
+                 "--set", "webhook.timeoutSeconds=3")
+        second, bundles, timeouts = _tls_state(cluster)
+        assert second == first  # same CA, certificate and key
+        assert bundles == {first["ca.crt"]}
+        assert set(timeouts) == {3}  # the upgrade did apply
+
+        # An existing peer Secret the reconciler could not use is refused at upgrade time.
+        kubectl(cluster, "create", "secret", "generic", "unlabelled-peer", "-n", UPGRADE_NS,
+                "--from-literal=kubeconfig=apiVersion: v1")
+        refused = _helm_on(helm, cluster, "upgrade", UPGRADE_RELEASE, str(CHART),
+                           "--values", str(values), "--set",
+                           "peers.existingSecrets[0]=unlabelled-peer", check=False)
+        assert refused.returncode != 0
+        assert "lacks the label dlm-guard.io/peer" in refused.stderr, refused.stderr
+    finally:
+        _helm_on(helm, cluster, "uninstall", UPGRADE_RELEASE, check=False)
