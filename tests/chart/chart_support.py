@@ -84,11 +84,12 @@ def helm_candidates(env: Mapping[str, str] = os.environ) -> Iterator[Path]:
 
 
 def find_helm(env: Mapping[str, str] = os.environ) -> Path:
+    if env.get("HELM") and not _executable(Path(env["HELM"])):
+        # An explicit choice is never silently replaced by another helm.
+        raise HelmNotFound(f"HELM={env['HELM']} is not an executable file")
     for candidate in helm_candidates(env):
         if _executable(candidate):
             return candidate
-    if env.get("HELM"):
-        raise HelmNotFound(f"HELM={env['HELM']} is not an executable file")
     raise HelmNotFound(
         "\n" + "!" * 78 + "\n"
         "HELM NOT FOUND: the chart tests need helm and do not skip without it.\n"

@@ -435,7 +435,10 @@ def test_install_and_upgrade_keep_the_generated_certificate(
     _ensure_namespace(cluster, UPGRADE_NS)
     _ensure_namespace(cluster, "kubevirt")  # the reconciler's Role lives there
     try:
-        _helm_on(helm, cluster, "install", UPGRADE_RELEASE, str(CHART), "--values", str(values))
+        installed = _helm_on(helm, cluster, "install", UPGRADE_RELEASE, str(CHART),
+                             "--values", str(values))
+        assert f"is installed in namespace {UPGRADE_NS}" in installed.stdout  # NOTES.txt
+        assert "No peers configured" in installed.stdout
         first, bundles, _ = _tls_state(cluster)
         assert bundles == {first["ca.crt"]}
 
