@@ -59,7 +59,7 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
     if smoke:
         return reconcile.run(reconcile.Settings(vmims=40, vms=20, namespaces=2, peers=2,
                                                 first_stage=0.5, threads=4, rotations=1,
-                                                gc_trials=1, timeout=60))
+                                                gc_trials=1, timeout=60, variant_debounce=0.2))
     return reconcile.run(reconcile.Settings(vmims=args.vmims, vms=args.vms,
                                             namespaces=args.namespaces, peers=args.peers))
 

@@ -21,6 +21,7 @@ Measured (the reconciler runs as the real `dlm-guard reconcile` command, in a su
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from certs.bundle import to_pem
 from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
+from reconciler.gather import PAGE_SIZE
 
 MANAGED = ("east", "west")
 KUBEVIRT_NS = "kubevirt"
@@ -60,6 +62,8 @@ class Settings:
     threads: int = 16
     rotations: int = 3
     gc_trials: int = 3
+    # The proposal measured alongside: the service with a shorter watch-event debounce.
+    variant_debounce: float | None = 0.2
     timeout: float = 120.0  # any single wait
 
 
@@ -169,10 +173,14 @@ def startup_seconds() -> float:
 class ServiceRun:
     """`dlm-guard reconcile` (watches, resync 1h, --gc-grace 0) as a subprocess."""
 
-    def __init__(self, clusters: dict[str, Cluster], peers: int, workdir: Path) -> None:
-        self.log = workdir / "service.log"
+    def __init__(self, clusters: dict[str, Cluster], peers: int, workdir: Path,
+                 debounce: float | None = None) -> None:
+        self.log = workdir / f"service-{debounce}.log"
         argv = reconcile_argv(clusters, peers, "--gc-grace", "0", "--resync-period", "1h",
                               "--metrics-port", str(free_port()))
+        if debounce is not None:  # bench.variants patches reconciler.loop.DEBOUNCE_SECONDS
+            argv = [sys.executable, "-m", "bench.variants", "--debounce", str(debounce),
+                    "--", *argv[3:]]
         with open(self.log, "wb") as sink:
             self.process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=subprocess_env(),
@@ -317,11 +325,15 @@ def _measure(clusters: dict[str, Cluster], apis: dict[str, k8s.ApiClient], workd
         started = time.perf_counter()
         count = kubeload.create_all(apis, subset, settings.threads)
         created.append({"objects": count, "seconds": round(time.perf_counter() - started, 2)})
-        totals = _counts(plan if label == "full" else small)
+        present = plan if label == "full" else small
+        totals = {**_counts(present), "list_pages": list_pages(present)}
         first = once(clusters, settings.peers, workdir, f"{label}-1", settings.timeout)
         second = once(clusters, settings.peers, workdir, f"{label}-2", settings.timeout)
         stages.append({"stage": label, **totals, "first_pass": first, "second_pass": second})
     service = _service_figures(clusters, apis, workdir, settings, bundles)
+    if settings.variant_debounce is not None:
+        service["variant"] = _service_figures(clusters, apis, workdir, settings, bundles,
+                                              settings.variant_debounce, offset=100)
     full = stages[-1]
     worst = max(full["first_pass"]["seconds"], full["second_pass"]["seconds"])
     rss = max(full["first_pass"]["peak_rss_mib"], full["second_pass"]["peak_rss_mib"])
@@ -335,6 +347,9 @@ def _measure(clusters: dict[str, Cluster], apis: dict[str, k8s.ApiClient], workd
         "stages": stages, "service": service,
         "requests_small_vs_full": {s["stage"]: s["second_pass"]["requests_total"]
                                    for s in stages},
+        "requests_growth_beyond_paging": (
+            stages[-1]["second_pass"]["requests_total"] - stages[0]["second_pass"]["requests_total"]
+            - (stages[-1]["list_pages"] - stages[0]["list_pages"])),
         "targets": {
             "full_pass_seconds": {"target": PASS_TARGET_S, "measured": worst,
                                   "met": worst < PASS_TARGET_S},
@@ -358,25 +373,38 @@ def _stage_subset(plan: Sequence[kubeload.Planned], fraction: float) -> list[kub
     return [p for p in plan if index(p) < keep]
 
 
+def list_pages(items: Sequence[kubeload.Planned]) -> int:
+    """How many list pages a pass needs for these objects (PAGE_SIZE per page, one at least
+    per cluster and kind): the only way request counts may grow with the objects."""
+    sizes: dict[tuple[str, str], int] = {(c, p): 0 for c in MANAGED
+                                         for p in (kubeload.VMS, kubeload.VMIMS)}
+    for item in items:
+        sizes[(item.cluster, item.plural)] += 1
+    return sum(max(1, math.ceil(n / PAGE_SIZE)) for n in sizes.values())
+
+
 def _counts(items: Sequence[kubeload.Planned]) -> dict[str, int]:
     return {"vms": sum(1 for i in items if i.plural == kubeload.VMS),
             "vmims": sum(1 for i in items if i.plural == kubeload.VMIMS)}
 
 
 def _service_figures(clusters: dict[str, Cluster], apis: dict[str, k8s.ApiClient],
-                     workdir: Path, settings: Settings, bundles: dict[str, str]) -> dict[str, Any]:
-    service = ServiceRun(clusters, settings.peers, workdir)
+                     workdir: Path, settings: Settings, bundles: dict[str, str],
+                     debounce: float | None = None, offset: int = 0) -> dict[str, Any]:
+    service = ServiceRun(clusters, settings.peers, workdir, debounce)
     try:
         service.wait_quiet(settings.timeout)
         peers = peer_names(settings.peers)
-        rotations = [rotate(apis, service, peers[i % len(peers)], i, bundles, settings.timeout)
-                     for i in range(settings.rotations)]
+        rotations = [rotate(apis, service, peers[i % len(peers)], offset + i, bundles,
+                            settings.timeout) for i in range(settings.rotations)]
         service.wait_quiet(settings.timeout)
-        trials = [gc_trial(apis, service, i, settings.timeout) for i in range(settings.gc_trials)]
+        trials = [gc_trial(apis, service, offset + i, settings.timeout)
+                  for i in range(settings.gc_trials)]
         rss = service.peak_rss_mib()
     finally:
         service.stop()
     return {
+        "debounce_seconds": debounce if debounce is not None else "default",
         "rotations": rotations,
         "rotation_median_seconds_to_both": round(median(
             [r["seconds_to_both_inboxes"] for r in rotations]), 3),

@@ -1,7 +1,8 @@
 """Measured proposals for the webhook hot path, without touching webhook/ itself.
 
 `python -m bench.variants --variant fastpatch,orjson -- serve --offline ...` runs
-`dlm-guard serve` with the named changes monkeypatched in; `run()` measures each variant against
+`dlm-guard serve` with the named changes monkeypatched in (and `--debounce S -- reconcile ...`
+the reconciler with another watch-event debounce); `run()` measures each variant against
 the unchanged server (and the bare baseline) under the same load, in one run, round by round.
 
 Variants (each is what we propose to change in webhook/, written here as a drop-in):
@@ -191,10 +192,15 @@ def apply(names: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.variants")
     parser.add_argument("--variant", default="", help="comma-separated variant names")
+    parser.add_argument("--debounce", type=float, default=None,
+                        help="reconciler: seconds to coalesce watch events (default: as is)")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- dlm-guard arguments")
     args = parser.parse_args(argv)
     names = [n for n in args.variant.split(",") if n]
     apply(names)
+    if args.debounce is not None:
+        from reconciler import loop
+        loop.DEBOUNCE_SECONDS = args.debounce
     rest = [a for a in args.rest if a != "--"]
     for name in names:
         rest += list(FLAGS.get(name, ()))

@@ -103,3 +103,5 @@ def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # no
     assert [positive(r["seconds_to_both_inboxes"]) for r in service["rotations"]] == [True]
     assert [positive(t["seconds_to_deleted"]) for t in service["failed_target_cleanup"]] == [True]
     assert positive(service["service_peak_rss_mib"])
+    assert rec["requests_growth_beyond_paging"] <= 0  # a count, not a timing
+    assert positive(service["variant"]["rotation_median_seconds_to_both"])
