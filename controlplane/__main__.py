@@ -1,4 +1,8 @@
-"""`python -m controlplane up --clusters 2`: local clusters with CRDs until Ctrl-C."""
+"""`python -m controlplane up --clusters 2`: local clusters with CRDs until Ctrl-C.
+
+`python -m controlplane demo`: two clusters guarded by dlm-guard, the examples applied with
+kubectl (see controlplane.demo), until Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from controlplane import demo
 from controlplane.binaries import Binaries, binaries_or_reason, build_binaries
 from controlplane.cluster import Cluster, ClusterStartError, start_clusters
 from controlplane.crds import crds_dir, install_crds_on
@@ -27,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--env-file", type=Path, help="write KUBECONFIG=... lines here once ready")
     up.add_argument("--no-build", action="store_true", help="fail instead of running build.sh")
     commands.add_parser("binaries", help="print the binary directory, or why there is none")
+    demo.add_arguments(
+        commands.add_parser(
+            "demo", help="two clusters guarded by dlm-guard, examples applied, until Ctrl-C"
+        )
+    )
     return parser
 
 
@@ -84,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         found = binaries_or_reason()
         print(found.kube_apiserver.parent if isinstance(found, Binaries) else found)
         return 0 if isinstance(found, Binaries) else 1
+    if args.command == "demo":
+        binaries = _binaries(build=not args.no_build)
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` tears down like Ctrl-C
+        return demo.demo(args, binaries)
     return up(args)
 
 

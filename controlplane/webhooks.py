@@ -29,7 +29,7 @@ from certs.generate import generate_pair
 from controlplane.cluster import Cluster
 from controlplane.kubectl import kubectl
 from controlplane.ports import free_ports
-from controlplane.process import ManagedProcess
+from controlplane.process import Launcher, ManagedProcess
 
 CONFIGURATION_NAME = "dlm-guard"
 MUTATE_WEBHOOK, VALIDATE_WEBHOOK = "mutate.dlm-guard.io", "validate.dlm-guard.io"
@@ -299,11 +299,14 @@ def start_webhook_server(
     name: str = "dlm-guard",
     extra_args: Sequence[str] = (),
     timeout: float = SERVER_START_TIMEOUT_SECONDS,
+    launcher: Launcher | None = None,
 ) -> WebhookServer:
     """Start `dlm-guard serve` on a free port and wait for /readyz (the cache's first list).
 
     Certificates (IP SAN 127.0.0.1) go to workdir/certs, reused if already there, so several
     servers can share one CA; the log goes to workdir/<name>.log. kubeconfig None: --offline.
+    With a `launcher`, its stop_all() also stops this server, even one still starting in
+    another thread, and nothing is spawned once it was called.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cert_dir = workdir / "certs"
@@ -312,7 +315,12 @@ def start_webhook_server(
     for attempt in range(PORT_ATTEMPTS):
         (port,) = free_ports(1)
         argv = serve_argv(kubeconfig, cert_dir, port, extra_args)
-        process = ManagedProcess.spawn(name, argv, workdir / f"{name}.log", workdir)
+        log = workdir / f"{name}.log"
+        process = (
+            launcher.spawn(name, argv, log, workdir, stop_wave=0)
+            if launcher is not None
+            else ManagedProcess.spawn(name, argv, log, workdir)
+        )
         server = WebhookServer(process=process, port=port, ca_cert=pair.ca_cert)
         try:
             _wait_ready(server, deadline)
