@@ -2,11 +2,13 @@
 
   all         every benchmark at full size; writes bench/results/<date>-<name>.json
   smoke       a tiny version of each part (seconds each): checks that they work, no figures
+              (--parts micro,webhook,variants needs no control plane)
   micro       the pure engine micro-benchmark
   webhook     webhook throughput/latency vs the bare aiohttp and rules-off baselines
   variants    proposed hot-path changes (bench/variants.py), each measured in a server
   apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
   reconciler  reconciler scale on harness clusters
+  profile     dlm-guard serve under pyinstrument with the load (not part of all; needs it)
 
 Run the real thing on a quiet machine: the figures are only as good as the machine is idle.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +28,7 @@ from typing import Any
 from bench import report
 
 PARTS = ("micro", "webhook", "variants", "apiserver", "reconciler")
-HARNESS_PARTS = ("apiserver", "reconciler")
+QUIET_LOAD = 1.5
 
 
 def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]:
@@ -68,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = top.add_subparsers(dest="command", required=True)
+    prof = commands.add_parser("profile")
+    prof.add_argument("--seconds", type=float, default=8.0)
+    prof.add_argument("--variant", default="", help="bench.variants names, comma-separated")
     for name in ("all", "smoke", *PARTS):
         sub = commands.add_parser(name)
         sub.add_argument("--name", help="result name (default: the command)")
@@ -106,6 +112,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None],
         command: str = "python -m bench") -> dict[str, Any]:
     """Every chosen part; the result document (not yet saved)."""
     started = datetime.now(UTC)
+    load_before = round(os.getloadavg()[0], 2)
+    if load_before > QUIET_LOAD:
+        log(f"[bench] warning: load average {load_before} > {QUIET_LOAD}: the machine is busy, "
+            "figures will be noisy (ratios and CPU per request hold up best)")
     results: dict[str, Any] = {}
     smoke = args.command == "smoke"
     for part in parts_of(args):
@@ -113,12 +123,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None],
         began = time.monotonic()
         results[part] = run_part(part, smoke, args)
         results[part]["bench_seconds"] = round(time.monotonic() - began, 1)
-    return report.document(args.name or args.command, command, results, started)
+    doc = report.document(args.name or args.command, command, results, started)
+    doc["machine"]["loadavg_1m_at_start"] = load_before
+    return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(words)
+    if args.command == "profile":
+        from bench import profile
+        print(profile.render(profile.run(args.seconds, args.variant)))
+        return 0
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

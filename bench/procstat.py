@@ -53,4 +53,4 @@ def machine() -> dict[str, object]:
         if line.startswith("MemTotal:"):
             mem_kib = int(line.split()[1])
     return {"nproc": os.cpu_count(), "cpu_model": model, "mem_gib": round(mem_kib / 2**20, 1),
-            "kernel": os.uname().release, "loadavg_1m": round(os.getloadavg()[0], 2)}
+            "kernel": os.uname().release, "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
