@@ -256,40 +256,59 @@ class Site:
     ca_file: Path  # this cluster's stand-in for KubeVirt's own CA (in kubevirt-ca)
 
 
-def _kubevirt(cluster: Cluster, examples: dict[str, Path], ca_file: Path) -> None:
-    """Namespace, KubeVirt CR (gate on, status as virt-operator would write it), CA maps."""
-    kubectl(cluster, "create", "namespace", KUBEVIRT_NS)
-    kubectl(cluster, "apply", "-f", str(examples["kubevirt.yaml"]))
+def _kubevirt_ca(cluster: Cluster, directory: Path) -> tuple[Path, Path]:
+    """A real CA standing in for KubeVirt's own, and the kubevirt-ca ConfigMap holding it."""
+    now = datetime.now(UTC)
+    ca = make_ca(now - timedelta(hours=1), now + timedelta(days=7),
+                 common_name=f"kubevirt.io@{cluster.name}")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_file, configmap = directory / "kubevirt-ca.crt", directory / "kubevirt-ca.json"
+    ca_file.write_bytes(cert_pem(ca.cert))
+    configmap.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kubevirt-ca", "namespace": KUBEVIRT_NS},
+        "data": {"ca-bundle": cert_pem(ca.cert).decode()}}))
+    return ca_file, configmap
+
+
+def _kubevirt(cluster: Cluster, examples: dict[str, Path], directory: Path) -> Path:
+    """What installing KubeVirt leaves: namespace, KubeVirt CR (gate on, status as
+    virt-operator writes it), kubevirt-ca with a real CA and an empty inbox. Returns the CA."""
+    ca_file, configmap = _kubevirt_ca(cluster, directory)
+    namespace = directory / "kubevirt-namespace.json"
+    namespace.write_text(json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUBEVIRT_NS}}))
+    files = [namespace, examples["kubevirt.yaml"], configmap, examples["kubevirt-external-ca.yaml"]]
+    # One kubectl call (it applies files in order, the namespace first): each call costs a
+    # process start and, on a fresh cache, API discovery.
+    kubectl(cluster, "apply", *(arg for f in files for arg in ("-f", str(f))))
     status = {"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.7.0",
                          "synchronizationAddresses": [SYNC_ADDRESS]}}
     kubectl(cluster, "patch", "kubevirt", "kubevirt", "-n", KUBEVIRT_NS, "--subresource=status",
             "--type=merge", "-p", json.dumps(status))
-    now = datetime.now(UTC)
-    ca = make_ca(now - timedelta(hours=1), now + timedelta(days=7),
-                 common_name=f"kubevirt.io@{cluster.name}")
-    ca_file.write_bytes(cert_pem(ca.cert))
-    kubectl(cluster, "create", "configmap", "kubevirt-ca", "-n", KUBEVIRT_NS,
-            f"--from-file=ca-bundle={ca_file}")
-    kubectl(cluster, "apply", "-f", str(examples["kubevirt-external-ca.yaml"]))
-
-
-def _guard(cluster: Cluster, root: Path, examples: dict[str, Path], launcher: Launcher) -> Site:
-    ca_file = root / cluster.name / "kubevirt-ca.crt"
-    _kubevirt(cluster, examples, ca_file)
-    server = start_webhook_server(cluster.kubeconfig, root / "webhook",
-                                  name=f"dlm-guard-{cluster.name}", launcher=launcher)
-    register_webhooks(cluster, server.url_base, server.ca_pem)
-    return Site(cluster, server, ca_file)
+    return ca_file
 
 
 def _guard_all(clusters: Sequence[Cluster], root: Path, examples: dict[str, Path],
                stack: ExitStack) -> list[Site]:
-    """_guard() every cluster at once; `stack` stops every server, even one mid-start."""
+    """KubeVirt stand-ins and a registered dlm-guard on every cluster, all at once.
+
+    The servers start (a couple of seconds of imports) while KubeVirt's objects are made;
+    `stack` stops every server, even one still starting when something fails.
+    """
     launcher = Launcher()
     stack.callback(launcher.stop_all)
-    with ThreadPoolExecutor(max_workers=len(clusters)) as pool:
-        futures = [pool.submit(_guard, c, root, examples, launcher) for c in clusters]
-        return [f.result() for f in futures]
+    with ThreadPoolExecutor(max_workers=2 * len(clusters)) as pool:
+        servers = [pool.submit(start_webhook_server, c.kubeconfig, root / "webhook",
+                               name=f"dlm-guard-{c.name}", launcher=launcher) for c in clusters]
+        cas = [pool.submit(_kubevirt, c, examples, root / c.name) for c in clusters]
+        sites = [Site(c, server.result(), ca.result())
+                 for c, server, ca in zip(clusters, servers, cas, strict=True)]
+        registered = [pool.submit(register_webhooks, site.cluster, site.server.url_base,
+                                  site.server.ca_pem) for site in sites]
+        for future in registered:
+            future.result()
+    return sites
 
 
 # ----------------------------------------------------------------------------- the show

@@ -16,6 +16,7 @@ import base64
 import json
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ SERVER_START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.1
 PORT_ATTEMPTS = 3
 RESTORE_ANNOTATION = "kubevirt.io/restore-run-strategy"
+_CERTS_LOCK = threading.Lock()
 
 
 class WebhookError(RuntimeError):
@@ -310,7 +312,8 @@ def start_webhook_server(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cert_dir = workdir / "certs"
-    pair = generate_pair(cert_dir, ips=("127.0.0.1",))
+    with _CERTS_LOCK:  # servers started in parallel threads share the CA, not make two
+        pair = generate_pair(cert_dir, ips=("127.0.0.1",))
     deadline = time.monotonic() + timeout
     for attempt in range(PORT_ATTEMPTS):
         (port,) = free_ports(1)
