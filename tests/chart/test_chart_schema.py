@@ -162,3 +162,17 @@ def test_schema_declares_every_default_value() -> None:
 
     missing = sorted(p for p in _leaves(values) if not declared(p))
     assert missing == []
+
+
+def test_policy_schema_matches_the_webhooks_policy() -> None:
+    """Rule slugs and restorable run strategies are DESIGN.md contracts: the chart's schema
+    must accept exactly what `dlm-guard serve --config` accepts."""
+    from dlm_guard.domain import RESTORABLE_RUN_STRATEGIES
+    from webhook.policy import RULES, Mode
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    policy = schema["properties"]["policy"]["properties"]
+    assert set(policy["rules"]["properties"]) == set(RULES)
+    assert set(schema["definitions"]["ruleMode"]["enum"]) == {m.value for m in Mode}
+    strategies = policy["defaults"]["properties"]["restoreRunStrategy"]["enum"]
+    assert set(strategies) == set(RESTORABLE_RUN_STRATEGIES)
