@@ -87,3 +87,19 @@ def test_each_tls_mode_renders(helm: Path, tmp_path: Path, mode: str) -> None:
     generated = "guard-dlm-guard-webhook-tls"
     expected_secret = "my-webhook-tls" if mode == "existingSecret" else generated
     assert volumes["tls"]["secret"]["secretName"] == expected_secret
+
+
+@pytest.mark.parametrize(("switch", "absent"), [
+    ("webhook.enabled=false", {"webhook"}),
+    ("reconciler.enabled=false", {"reconciler"}),
+])
+def test_each_component_can_be_installed_alone(helm: Path, switch: str, absent: set[str]) -> None:
+    sets = [switch, "networkPolicy.enabled=true", "metrics.serviceMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true"]
+    docs = render(helm, sets=sets)
+    components = {d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+                  for d in docs}
+    assert not components & absent
+    assert len(of_kind(docs, "Deployment")) == 1
+    if "webhook" in absent:
+        assert not of_kind(docs, "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
