@@ -94,6 +94,7 @@ class Reconciler:
                                     for name, error in sorted(gathered.errors.items())])
         plan = decide_trust(gathered.snapshots, managed, now, self._settings.max_certificates)
         self._metrics.set_peer_expiry(plan.expiry)
+        self._metrics.set_peer_latest_expiry(plan.latest_expiry)
         self._report_bundle_problems(plan)
         stores = {n: (s.store if s is not None else None) for n, s in gathered.snapshots.items()}
         deletions = decide_gc(stores, managed, now, self._gc_settings, self.gc_memory)

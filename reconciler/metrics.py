@@ -16,6 +16,12 @@ class ReconcilerMetrics:
             "dlm_guard_peer_ca_expiry_timestamp_seconds",
             "Earliest NotAfter of the currently valid CAs a peer offers to a managed cluster",
             ["cluster", "peer"], registry=r)
+        # The one to alert on: the earliest dips below a day in every normal rotation overlap.
+        self.peer_ca_latest_expiry = Gauge(
+            "dlm_guard_peer_ca_latest_expiry_timestamp_seconds",
+            "NotAfter of the newest CA of a peer (the one it signs with, first in its "
+            "kubevirt-ca): within a day means the peer failed to rotate its CA",
+            ["cluster", "peer"], registry=r)
         self.ca_sync = Counter(
             "dlm_guard_ca_sync_total",
             "CA sync outcomes per managed cluster and pass "
@@ -34,23 +40,25 @@ class ReconcilerMetrics:
         self.passes = Counter(
             "dlm_guard_reconcile_passes_total", "Reconcile passes, by whether one had errors",
             ["result"], registry=r)
-        self._expiry_labels: set[tuple[str, str]] = set()
-        self._up_labels: set[str] = set()
+        self._shown: dict[Gauge, set[tuple[str, ...]]] = {}
 
     def set_peer_expiry(self, expiry: Mapping[tuple[str, str], datetime]) -> None:
-        """Replace the whole set, so a removed peer stops being reported."""
-        for labels in self._expiry_labels - set(expiry):
-            self.peer_ca_expiry.remove(*labels)
-        for (cluster, peer), when in expiry.items():
-            self.peer_ca_expiry.labels(cluster, peer).set(when.timestamp())
-        self._expiry_labels = set(expiry)
+        self._replace(self.peer_ca_expiry, {k: v.timestamp() for k, v in expiry.items()})
+
+    def set_peer_latest_expiry(self, expiry: Mapping[tuple[str, str], datetime]) -> None:
+        self._replace(self.peer_ca_latest_expiry, {k: v.timestamp() for k, v in expiry.items()})
 
     def set_clusters_up(self, up: Mapping[str, bool]) -> None:
-        for name in self._up_labels - set(up):
-            self.cluster_up.remove(name)
-        for name, value in up.items():
-            self.cluster_up.labels(name).set(1 if value else 0)
-        self._up_labels = set(up)
+        self._replace(self.cluster_up, {(name,): 1.0 if value else 0.0
+                                        for name, value in up.items()})
+
+    def _replace(self, gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+        """Replace a gauge's whole set of label values, so a removed peer stops being reported."""
+        for labels in self._shown.get(gauge, set()) - set(values):
+            gauge.remove(*labels)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        self._shown[gauge] = set(values)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,11 @@ every pass instead of being pushed once.
 Desired for a managed cluster C: every currently valid CA certificate of every *other* reachable
 known cluster's `kubevirt-ca` is in C's own `kubevirt-ca`. Whatever is missing is written, and only
 that, into C's inbox. The steady state is "nothing missing, inbox empty": no write.
+
+A peer's bundle also holds the CAs it merged from its own peers (ours included, after a sync), so
+its CAs cannot be told apart by content. Only their order tells: virt-operator always writes the
+CA it currently signs with first, then older and merged external CAs (upstream `MergeCABundle`,
+pkg/virt-operator/resource/generate/components/secrets.go: `append(current, newBundle...)`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from certs.bundle import (
     BundleProblem,
     ProblemKind,
     fingerprint,
+    is_ca,
     missing_from,
     normalize,
     parse_bundle,
@@ -57,6 +63,8 @@ class PeerCAs:
     cluster: str
     certificates: tuple[x509.Certificate, ...]
     problems: tuple[BundleProblem, ...] = ()
+    # The CA the peer signs with now (the first CA of its bundle), valid or not.
+    current: x509.Certificate | None = None
 
     @property
     def notable_problems(self) -> tuple[str, ...]:
@@ -66,6 +74,13 @@ class PeerCAs:
     @property
     def earliest_not_after(self) -> datetime | None:
         return _earliest(self.certificates)
+
+    @property
+    def current_not_after(self) -> datetime | None:
+        """When the peer's newest CA expires: soon means the peer failed to rotate. Not the
+        latest NotAfter of the whole bundle: the CAs the peer merged from others (ours too)
+        would hide a peer whose own rotation is stuck."""
+        return self.current.not_valid_after_utc if self.current is not None else None
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,9 @@ class ClusterTrust:
 class TrustPlan:
     peers: Mapping[str, PeerCAs]  # every reachable cluster with a kubevirt-ca
     clusters: tuple[ClusterTrust, ...]  # one per managed cluster
-    expiry: Mapping[tuple[str, str], datetime] = field(default_factory=dict)  # (cluster, peer)
+    # (cluster, peer) -> earliest NotAfter of the peer's valid CAs / NotAfter of its current CA
+    expiry: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    latest_expiry: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
 
     @property
     def writes(self) -> list[CaWrite]:
@@ -111,8 +128,10 @@ def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | Non
     """The valid CA certificates of a cluster's kubevirt-ca; problems never stop the rest."""
     if snapshot.kubevirt_ca is None:
         return None
-    certs, problems = trusted_cas(snapshot.kubevirt_ca.bundle, now, max_count)
-    return PeerCAs(snapshot.cluster, tuple(certs), tuple(problems))
+    bundle = snapshot.kubevirt_ca.bundle
+    certs, problems = trusted_cas(bundle, now, max_count)
+    current = next((c for c in parse_bundle(bundle).certificates if is_ca(c)), None)
+    return PeerCAs(snapshot.cluster, tuple(certs), tuple(problems), current)
 
 
 def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[str],
@@ -122,11 +141,13 @@ def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[st
              if snap is not None and (cas := peer_cas(snap, now, max_count)) is not None}
     decisions = tuple(_decide_cluster(name, snapshots, peers, max_count)
                       for name in sorted(managed & set(snapshots)))
-    expiry = {(cluster, peer): when
-              for cluster in sorted(managed & set(snapshots))
-              for peer, cas in peers.items()
-              if peer != cluster and (when := cas.earliest_not_after) is not None}
-    return TrustPlan(peers, decisions, expiry)
+    pairs = [(cluster, peer, cas) for cluster in sorted(managed & set(snapshots))
+             for peer, cas in peers.items() if peer != cluster]
+    expiry = {(cluster, peer): when for cluster, peer, cas in pairs
+              if (when := cas.earliest_not_after) is not None}
+    latest = {(cluster, peer): when for cluster, peer, cas in pairs
+              if (when := cas.current_not_after) is not None}
+    return TrustPlan(peers, decisions, expiry, latest)
 
 
 def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],

@@ -123,13 +123,19 @@ def test_event_body_is_a_legacy_core_v1_event_on_the_object():
 # --- metrics and HTTP ----------------------------------------------------------------------------
 def test_gauges_drop_label_sets_that_are_gone():
     metrics = ReconcilerMetrics()
-    metrics.set_peer_expiry({("a", "b"): NOW, ("a", "c"): NOW + timedelta(days=1)})
+    both = {("a", "b"): NOW, ("a", "c"): NOW + timedelta(days=1)}
+    metrics.set_peer_expiry(both)
+    metrics.set_peer_latest_expiry(both)
     metrics.set_clusters_up({"a": True, "b": False})
     metrics.set_peer_expiry({("a", "b"): NOW})
+    metrics.set_peer_latest_expiry({("a", "b"): NOW + timedelta(days=2)})
     metrics.set_clusters_up({"a": True})
     assert metrics.registry.get_sample_value(
         "dlm_guard_peer_ca_expiry_timestamp_seconds", {"cluster": "a", "peer": "b"}
     ) == NOW.timestamp()
+    assert metrics.registry.get_sample_value(
+        "dlm_guard_peer_ca_latest_expiry_timestamp_seconds", {"cluster": "a", "peer": "b"}
+    ) == (NOW + timedelta(days=2)).timestamp()
     text = metrics.exposition().decode()
     assert 'peer="c"' not in text
     assert 'dlm_guard_cluster_up{cluster="a"} 1.0' in text and 'cluster="b"' not in text

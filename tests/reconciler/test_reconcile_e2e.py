@@ -286,6 +286,8 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
         text = metrics_text()
         assert 'dlm_guard_cluster_up{cluster="west"} 1.0' in text
         assert 'dlm_guard_peer_ca_expiry_timestamp_seconds{cluster="east",peer="west"}' in text
+        assert ('dlm_guard_peer_ca_latest_expiry_timestamp_seconds{cluster="east",peer="west"}'
+                in text)
     finally:
         loop.call_soon_threadsafe(task.cancel)
         thread.join(timeout=30)

@@ -275,6 +275,36 @@ def test_peer_expiry_is_the_earliest_not_after_of_valid_cas_per_managed_cluster(
     assert plan.expiry == {("a", "b"): ca("soon", -1, 2).not_valid_after_utc}
 
 
+def test_latest_expiry_is_the_peers_current_ca_the_first_in_its_bundle():
+    # virt-operator writes the CA it signs with first; older ones follow until they expire.
+    plan = decide(snap("a", pem(ca("a"))), snap("b", pem(ca("new", -1, 6), ca("old", -6, 1))),
+                  managed={"a"})
+    assert plan.latest_expiry == {("a", "b"): ca("new", -1, 6).not_valid_after_utc}
+    assert plan.expiry == {("a", "b"): ca("old", -6, 1).not_valid_after_utc}  # kept as well
+
+
+def test_latest_expiry_is_not_hidden_by_cas_the_peer_merged_from_others():
+    # b failed to rotate; after the sync b's bundle also holds a's fresh CA, which lasts longer.
+    stuck, fresh = ca("stuck", -6, 0.5), ca("a", -1, 6)
+    plan = decide(snap("a", pem(fresh, stuck)), snap("b", pem(stuck, fresh)))
+    assert plan.latest_expiry == {("a", "b"): stuck.not_valid_after_utc,
+                                  ("b", "a"): fresh.not_valid_after_utc}
+
+
+@pytest.mark.parametrize(("bundle", "expected"), [
+    pytest.param(lambda: pem(ca("dead", -9, -2), ca("b")), lambda: ca("dead", -9, -2),
+                 id="expired-current-reported-so-the-alert-fires"),
+    pytest.param(lambda: "junk\n" + pem(make_leaf(_issuer(), NOW - DAY, NOW + DAY,
+                                                   dns=["x.example"]).cert, ca("b")),
+                 lambda: ca("b"), id="garbage-and-leaf-before-it-skipped"),
+    pytest.param(lambda: "", lambda: None, id="empty-bundle-no-series"),
+])
+def test_latest_expiry_takes_the_first_ca_certificate(bundle, expected):
+    plan = decide(snap("a", pem(ca("a"))), snap("b", bundle()), managed={"a"})
+    cert = expected()
+    assert plan.latest_expiry == ({} if cert is None else {("a", "b"): cert.not_valid_after_utc})
+
+
 # --- property: the sync converges and never widens trust ----------------------------------------
 POOL = [("p0", -3, 1), ("p1", -1, 6), ("p2", -9, -1), ("p3", 2, 9), ("p4", 0, 3),
         ("p5", -2, 30), ("p6", -1, 2), ("p7", -4, 4)]
