@@ -11,7 +11,7 @@ from chart_support import NAMESPACE, Manifest, of_kind, one, render
 METRIC_NAMES = {
     "DlmGuardWebhookSlow": "dlm_guard_admission_duration_seconds_bucket",
     "DlmGuardServingCertificateExpiring": "dlm_guard_certificate_expiry_timestamp_seconds",
-    "DlmGuardPeerCAExpiring": "dlm_guard_peer_ca_expiry_timestamp_seconds",
+    "DlmGuardPeerCAExpiring": "dlm_guard_peer_ca_latest_expiry_timestamp_seconds",
     "DlmGuardGCErrors": "dlm_guard_gc_errors_total",
 }
 
@@ -34,6 +34,10 @@ def test_prometheus_rule_alerts(full_docs: list[Manifest]) -> None:
     assert slow["for"] == "5m"
     for alert in ("DlmGuardServingCertificateExpiring", "DlmGuardPeerCAExpiring"):
         assert alerts[alert]["expr"].strip().endswith("< 43200"), alert
+    # The earliest expiry dips below a day in every rotation overlap: never alert on it.
+    peer_ca = alerts["DlmGuardPeerCAExpiring"]
+    assert "dlm_guard_peer_ca_expiry_timestamp_seconds" not in peer_ca["expr"]
+    assert peer_ca["for"] == "15m"
 
 
 def test_default_thresholds(helm: Path) -> None:
