@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,15 @@ def test_cli_exits_2_on_a_missing_kubeconfig(tmp_path):
         assert cli.main(args) == 2
     finally:
         root.handlers[:], root.level = handlers, level
+
+
+def test_building_the_cli_imports_neither_the_kubernetes_client_nor_aiohttp():
+    # Every `dlm-guard` command (check, --help) builds the whole parser: keep it light.
+    code = ("import sys; from dlm_guard.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'aiohttp'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]"
 
 
 # --- peer Secrets ------------------------------------------------------------------------------
