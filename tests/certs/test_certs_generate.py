@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -24,6 +25,7 @@ from certs.generate import (
     make_ca,
     make_leaf,
     new_key,
+    public_key_pem,
     service_dns_names,
 )
 
@@ -192,3 +194,41 @@ def test_make_ca_and_leaf_take_any_window(now: datetime) -> None:
     assert leaf.cert.subject.rfc4514_string() == "CN=dlm-guard"
     with pytest.raises(x509.ExtensionNotFound):
         ext(leaf.cert, x509.SubjectAlternativeName)
+
+
+# --- client identities (the test control plane's admin) and public keys ----------------------
+@pytest.mark.parametrize("groups", [("system:masters",), ("team-a", "team-b"), ()])
+def test_leaf_organizations_are_the_subject_o_before_the_cn(now: datetime,
+                                                            groups: tuple[str, ...]) -> None:
+    # kube-apiserver reads a client certificate's user from the CN, its groups from every O.
+    ca = make_ca(now - DAY, now + DAY)
+    leaf = make_leaf(ca, now - DAY, now + DAY, common_name="admin", organizations=groups,
+                     client_auth=True)
+    subject = leaf.cert.subject
+    assert [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == list(
+        groups)
+    assert [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["admin"]
+    # O first, CN last: the order Go's pkix.Name writes, so `openssl x509 -subject` reads alike.
+    assert subject.rdns[-1].get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert is_signed_by(leaf.cert, ca.cert) and leaf.cert.issuer == ca.cert.subject
+
+
+def test_organizations_never_reach_the_ca_or_a_default_leaf(now: datetime) -> None:
+    ca = make_ca(now - DAY, now + DAY, common_name="ca")
+    assert ca.cert.subject.rfc4514_string() == "CN=ca"
+    leaf = make_leaf(ca, now - DAY, now + DAY, dns=["a.example"])
+    assert leaf.cert.subject.rfc4514_string() == "CN=a.example"
+
+
+def test_public_key_pem_is_subject_public_key_info_of_the_key(now: datetime) -> None:
+    key = new_key()
+    text = public_key_pem(key)
+    assert text.startswith(b"-----BEGIN PUBLIC KEY-----\n")
+    assert text.rstrip().endswith(b"-----END PUBLIC KEY-----") and b"PRIVATE" not in text
+    assert serialization.load_pem_public_key(text) == key.public_key()
+    with pytest.raises(ValueError):  # never something a private-key reader would take
+        serialization.load_pem_private_key(text, password=None)
+    leaf = make_leaf(make_ca(now - DAY, now + DAY), now - DAY, now + DAY, key=key)
+    assert text == leaf.cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert public_key_pem(new_key()) != text
