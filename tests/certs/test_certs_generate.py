@@ -208,7 +208,7 @@ def test_leaf_organizations_are_the_subject_o_before_the_cn(now: datetime,
     assert [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == list(
         groups)
     assert [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["admin"]
-    # O first, CN last: the order Go's pkix.Name writes, so `openssl x509 -subject` reads alike.
+    # O first, CN last: the order Go's pkix.Name writes.
     assert subject.rdns[-1].get_attributes_for_oid(NameOID.COMMON_NAME)
     assert is_signed_by(leaf.cert, ca.cert) and leaf.cert.issuer == ca.cert.subject
 
