@@ -66,6 +66,9 @@ def register(subparsers: Any) -> None:
     add("--stuck-timeout", type=duration, default="1h",
         help="WaitingForSync/Synchronizing kept this long (default %(default)s)")
     add("--api-timeout", type=duration, default="10s", help="per API request (default %(default)s)")
+    add("--trust-own-ca-only", action="store_true",
+        help="copy only each peer's current CA (the first of its kubevirt-ca), not the CAs it "
+             "trusts from its own peers, which would then be trusted too")
     add("--once", action="store_true", help="one full pass, then exit 0 (or 1 on errors)")
     add("--dry-run", action="store_true", help="log the decisions, write nothing")
     add("--leader-elect", action="store_true", help="act only while holding the Lease")
@@ -89,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dry_run=args.dry_run, leader_elect=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace or namespace,
         leader_election_cluster=args.leader_election_cluster, metrics_port=args.metrics_port,
-        api_timeout=args.api_timeout)
+        api_timeout=args.api_timeout, trust_own_ca_only=args.trust_own_ca_only)
 
 
 def make_leader(settings: Settings, registry: Registry) -> LeaderElector | None:

@@ -92,7 +92,8 @@ class Reconciler:
         self._metrics.set_clusters_up({n: s is not None for n, s in gathered.snapshots.items()})
         report = PassReport(errors=[f"cluster {name}: {error}"
                                     for name, error in sorted(gathered.errors.items())])
-        plan = decide_trust(gathered.snapshots, managed, now, self._settings.max_certificates)
+        plan = decide_trust(gathered.snapshots, managed, now, self._settings.max_certificates,
+                            own_ca_only=self._settings.trust_own_ca_only)
         self._metrics.set_peer_expiry(plan.expiry)
         self._metrics.set_peer_latest_expiry(plan.latest_expiry)
         self._report_bundle_problems(plan)

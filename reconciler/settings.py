@@ -72,6 +72,8 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     api_timeout: timedelta = timedelta(seconds=10)
     max_certificates: int = 50
+    # Copy only each peer's current CA, not the CAs it trusts from its own peers (SPEC.md §5).
+    trust_own_ca_only: bool = False
 
     @property
     def in_pod(self) -> bool:

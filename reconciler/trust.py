@@ -15,6 +15,12 @@ A peer's bundle also holds the CAs it merged from its own peers (ours included, 
 its CAs cannot be told apart by content. Only their order tells: virt-operator always writes the
 CA it currently signs with first, then older and merged external CAs (upstream `MergeCABundle`,
 pkg/virt-operator/resource/generate/components/secrets.go: `append(current, newBundle...)`).
+
+So copying every valid CA of a peer also trusts the peer's own peers, named to us or not (SPEC.md
+§5). `own_ca_only` narrows the copy to each peer's current CA. Its price: a peer's previous CA is
+not re-added once our virt-operator has dropped it, so right after the peer rotates, until its
+components carry leaf certificates from the new CA (virt-operator re-issues them at once), a
+migration with it can fail TLS.
 """
 
 from __future__ import annotations
@@ -74,6 +80,14 @@ class PeerCAs:
     @property
     def earliest_not_after(self) -> datetime | None:
         return _earliest(self.certificates)
+
+    def offered(self, own_ca_only: bool) -> tuple[x509.Certificate, ...]:
+        """What a peer's trust brings: every valid CA of its bundle, or only its current CA
+        when that is valid (a CA in `certificates`)."""
+        if not own_ca_only:
+            return self.certificates
+        own = fingerprint(self.current) if self.current is not None else None
+        return tuple(c for c in self.certificates if fingerprint(c) == own)
 
     @property
     def current_not_after(self) -> datetime | None:
@@ -135,11 +149,13 @@ def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | Non
 
 
 def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[str],
-                 now: datetime, max_count: int = MAX_CERTIFICATES_IN_BUNDLE) -> TrustPlan:
+                 now: datetime, max_count: int = MAX_CERTIFICATES_IN_BUNDLE, *,
+                 own_ca_only: bool = False) -> TrustPlan:
     """The CA writes every managed cluster needs. `snapshots[name] is None`: unreachable."""
     peers = {name: cas for name, snap in sorted(snapshots.items())
              if snap is not None and (cas := peer_cas(snap, now, max_count)) is not None}
-    decisions = tuple(_decide_cluster(name, snapshots, peers, max_count)
+    offered = {name: cas.offered(own_ca_only) for name, cas in peers.items()}
+    decisions = tuple(_decide_cluster(name, snapshots, offered, max_count)
                       for name in sorted(managed & set(snapshots)))
     pairs = [(cluster, peer, cas) for cluster in sorted(managed & set(snapshots))
              for peer, cas in peers.items() if peer != cluster]
@@ -151,7 +167,8 @@ def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[st
 
 
 def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],
-                    peers: Mapping[str, PeerCAs], max_count: int) -> ClusterTrust:
+                    offered: Mapping[str, tuple[x509.Certificate, ...]],
+                    max_count: int) -> ClusterTrust:
     snapshot = snapshots[name]
     unknown = tuple(sorted(n for n, s in snapshots.items() if s is None and n != name))
     if snapshot is None:
@@ -165,7 +182,7 @@ def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],
     if snapshot.external_ca is not None and snapshot.external_ca.terminating:
         return ClusterTrust(name, Outcome.SKIPPED, "kubevirt-external-ca is being deleted",
                             unknown_peers=unknown)
-    wanted = [cert for peer, cas in peers.items() if peer != name for cert in cas.certificates]
+    wanted = [cert for peer, certs in offered.items() if peer != name for cert in certs]
     present = parse_bundle(snapshot.kubevirt_ca.bundle).certificates
     missing = normalize(missing_from(wanted, present), max_count)
     prints = tuple(fingerprint(cert) for cert in missing)
@@ -175,7 +192,7 @@ def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],
         return ClusterTrust(name, Outcome.PENDING, "waiting for virt-operator to merge the inbox",
                             prints, unknown_peers=unknown)
     write = CaWrite(cluster=name, namespace=snapshot.kubevirt_namespace, bundle=to_pem(missing),
-                    fingerprints=prints, peers=_owners(prints, peers, name),
+                    fingerprints=prints, peers=_owners(prints, offered, name),
                     resource_version=(snapshot.external_ca.resource_version
                                       if snapshot.external_ca is not None else None))
     return ClusterTrust(name, Outcome.WRITE, f"{len(prints)} CA certificate(s) missing", prints,
@@ -189,8 +206,8 @@ def inbox_holds(inbox: ConfigMapState, prints: tuple[str, ...]) -> bool:
     return not parsed.problems and {fingerprint(c) for c in parsed.certificates} == set(prints)
 
 
-def _owners(prints: tuple[str, ...], peers: Mapping[str, PeerCAs], cluster: str,
-            ) -> tuple[str, ...]:
+def _owners(prints: tuple[str, ...], offered: Mapping[str, tuple[x509.Certificate, ...]],
+            cluster: str) -> tuple[str, ...]:
     wanted = set(prints)
-    return tuple(peer for peer, cas in peers.items() if peer != cluster
-                 and any(fingerprint(c) in wanted for c in cas.certificates))
+    return tuple(peer for peer, certs in offered.items() if peer != cluster
+                 and any(fingerprint(c) in wanted for c in certs))

@@ -81,6 +81,8 @@ def test_cli_defaults_match_the_issue():
     assert settings.kubevirt_namespace == "kubevirt" and settings.metrics_port == 9090
     assert settings.leader_election_namespace == "dlm"
     assert not (settings.once or settings.dry_run or settings.leader_elect)
+    assert not settings.trust_own_ca_only  # every valid CA of a peer, as before
+    assert cli.settings_from_args(parse("--trust-own-ca-only")).trust_own_ca_only
 
 
 def test_cli_rejects_a_bad_duration(capsys):

@@ -56,10 +56,12 @@ def prints(*certs: x509.Certificate) -> tuple[str, ...]:
     return tuple(sorted(fingerprint(c) for c in certs))
 
 
-def decide(*snapshots: Snapshot | tuple[str, None], managed: set[str] | None = None):
+def decide(*snapshots: Snapshot | tuple[str, None], managed: set[str] | None = None,
+           own_ca_only: bool = False):
     table = {s[0] if isinstance(s, tuple) else s.cluster: (None if isinstance(s, tuple) else s)
              for s in snapshots}
-    return decide_trust(table, frozenset(managed if managed is not None else table), NOW)
+    return decide_trust(table, frozenset(managed if managed is not None else table), NOW,
+                        own_ca_only=own_ca_only)
 
 
 def by_cluster(plan):
@@ -303,6 +305,47 @@ def test_latest_expiry_takes_the_first_ca_certificate(bundle, expected):
     plan = decide(snap("a", pem(ca("a"))), snap("b", bundle()), managed={"a"})
     cert = expected()
     assert plan.latest_expiry == ({} if cert is None else {("a", "b"): cert.not_valid_after_utc})
+
+
+# --- trust scope: only each peer's own current CA -------------------------------------------------
+def test_by_default_a_peer_brings_the_cas_it_trusts_from_its_own_peers():
+    plan = decide(snap("a", pem(ca("a"))), snap("b", pem(ca("b"), ca("unnamed"))), managed={"a"})
+    write = by_cluster(plan)["a"].write
+    assert write is not None and write.fingerprints == prints(ca("b"), ca("unnamed"))
+
+
+def test_own_ca_only_copies_each_peers_current_ca_and_no_ca_of_its_peers():
+    # b trusts an unnamed cluster's CA (and, after a sync, ours): neither comes from b.
+    plan = decide(snap("a", pem(ca("a"))), snap("b", pem(ca("b"), ca("unnamed"), ca("a"))),
+                  snap("c", pem(ca("c"), ca("old-c", -6, 1))), managed={"a"}, own_ca_only=True)
+    write = by_cluster(plan)["a"].write
+    assert write is not None and write.fingerprints == prints(ca("b"), ca("c"))
+    assert write.peers == ("b", "c")
+
+
+def test_own_ca_only_after_a_peer_rotated_wants_its_new_ca_only():
+    # Already trusted: b's previous CA, kept by a's virt-operator. b now signs with `b-new`.
+    plan = decide(snap("a", pem(ca("a"), ca("b-old", -6, 1))),
+                  snap("b", pem(ca("b-new", 0, 7), ca("b-old", -6, 1), ca("a"))),
+                  managed={"a"}, own_ca_only=True)
+    write = by_cluster(plan)["a"].write
+    assert write is not None and write.fingerprints == prints(ca("b-new", 0, 7))
+
+
+@pytest.mark.parametrize("bundle", [
+    pytest.param(lambda: pem(ca("dead", -9, -2), ca("other")), id="current-expired"),
+    pytest.param(lambda: pem(ca("future", 1, 9), ca("other")), id="current-not-yet-valid"),
+    pytest.param(lambda: "", id="empty"),
+])
+def test_own_ca_only_never_falls_back_to_other_cas_of_the_peer(bundle):
+    plan = decide(snap("a", pem(ca("a"))), snap("b", bundle()), managed={"a"}, own_ca_only=True)
+    assert by_cluster(plan)["a"].outcome is Outcome.IN_SYNC
+
+
+def test_own_ca_only_is_in_sync_once_every_current_ca_is_trusted():
+    plan = decide(snap("a", pem(ca("a"), ca("b"))), snap("b", pem(ca("b"), ca("a"), ca("x"))),
+                  own_ca_only=True)
+    assert plan.writes == []
 
 
 # --- property: the sync converges and never widens trust ----------------------------------------
