@@ -118,6 +118,10 @@ def _apiserver_rows(e2e: dict[str, Any]) -> list[Row]:
                       f"without p50 {without['p50_ms']} / p99 {without['p99_ms']} ms; with "
                       f"p50 {with_['p50_ms']} / p99 {with_['p99_ms']} ms; added p50 "
                       f"{plus['p50_ms']:+} / p99 {plus['p99_ms']:+} ms", "", ""))
+    inside = e2e.get("dlm_guard_time_per_call_ms")
+    if inside:
+        found.append(("of which inside dlm-guard (its histogram, mean per call)",
+                      ", ".join(f"{k} {v} ms" for k, v in inside.items()), "", ""))
     return found
 
 

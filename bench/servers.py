@@ -119,6 +119,10 @@ class Server:
             self.stop()
             raise
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting the server's CA."""
+        return self._ca
+
     @property
     def pid(self) -> int:
         return self.process.pid

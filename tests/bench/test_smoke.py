@@ -86,6 +86,7 @@ def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # no
         assert e2e[phase]["python_client"]["count"] == 6
         assert e2e[phase]["kubectl"]["count"] == 1
     assert set(e2e["added_python_client_ms"]) == {"p50_ms", "p90_ms", "p99_ms", "mean_ms"}
+    assert set(e2e["dlm_guard_time_per_call_ms"]) == {"mutate", "validate"}
 
     rec = results["reconciler"]
     assert [s["stage"] for s in rec["stages"]] == ["small", "full"]
