@@ -40,7 +40,8 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
         from bench import admission
         if smoke:
             return admission.run(admission.Settings(
-                seconds=1.0, warmup=0.3, concurrency=4, rounds=1, latency_seconds=1.0))
+                seconds=1.0, warmup=0.3, concurrency=4, rounds=1, latency_seconds=1.0,
+                latency_rounds=1))
         return admission.run(admission.Settings(
             seconds=args.seconds, warmup=args.warmup, concurrency=args.concurrency,
             rounds=args.rounds, latency_seconds=args.latency_seconds,
@@ -49,7 +50,7 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
         from bench import variants
         if smoke:
             return variants.run(variants.Settings(seconds=0.5, warmup=0.2, concurrency=4,
-                                                  rounds=1, variants=("fastpatch,orjson",)))
+                                                  rounds=1, variants=("fastpatch,narrowcopy",)))
         return variants.run(variants.Settings(seconds=args.seconds * 0.8, warmup=args.warmup,
                                               concurrency=args.concurrency, rounds=args.rounds))
     if part == "apiserver":
@@ -88,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--warmup", type=float, default=2.0)
         sub.add_argument("--concurrency", type=int, default=16)
         sub.add_argument("--rounds", type=int, default=3)
-        sub.add_argument("--latency-seconds", type=float, default=15.0)
+        sub.add_argument("--latency-seconds", type=float, default=10.0,
+                         help="per open-loop round (3 rounds)")
         sub.add_argument("--latency-fraction", type=float, default=0.5)
         sub.add_argument("--objects", type=int, default=300, help="VMs per phase (apiserver)")
         sub.add_argument("--vmims", type=int, default=5000)

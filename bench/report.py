@@ -89,7 +89,8 @@ def _webhook_rows(web: dict[str, Any]) -> list[Row]:
         found.append((f"{name}: open loop at {run['target_rate']:.0f} req/s "
                       f"({web['settings']['latency_fraction']:.0%} of dlm-guard's max)",
                       f"p50 {lat.get('p50_ms')} ms, p90 {lat.get('p90_ms')} ms, "
-                      f"p99 {lat.get('p99_ms')} ms, max {lat.get('max_ms')} ms",
+                      f"p99 {lat.get('p99_ms')} ms, max {lat.get('max_ms')} ms (median-p99 "
+                      f"round; p99 of rounds {run.get('rounds_p99_ms')})",
                       f"p99 < {target['target']:g} ms" if is_ours else "",
                       _verdict(target["met"]) if is_ours else ""))
     return found

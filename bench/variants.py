@@ -24,6 +24,7 @@ Variants (each is what we propose to change in webhook/, written here as a drop-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -180,6 +181,16 @@ FLAGS = {"quietlog": ("--log-level", "warning")}
 ALL_CODE = ("fastpatch", "narrowcopy", "orjson", "metricscache", "readall")
 
 
+# Variants that need a package the project does not depend on.
+NEEDS = {"orjson": "orjson", "uvloop": "uvloop"}
+
+
+def available(variant: str) -> bool:
+    """Every package the variant's names need is installed."""
+    return all(importlib.util.find_spec(NEEDS[name]) is not None
+               for name in variant.split(",") if name in NEEDS)
+
+
 def apply(names: Sequence[str]) -> None:
     for name in names:
         if name in PATCHES:
@@ -246,7 +257,7 @@ def run(settings: Settings | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dlm-guard-bench-var-") as tmp:
         pair = tls_pair(Path(tmp) / "tls")
         specs = [bare_spec(pair), variant_spec("", pair),
-                 *(variant_spec(v, pair) for v in settings.variants)]
+                 *(variant_spec(v, pair) for v in settings.variants if available(v))]
         servers = []
         try:
             for spec in specs:
@@ -261,7 +272,9 @@ def run(settings: Settings | None = None) -> dict[str, Any]:
         finally:
             for server in servers:
                 server.stop()
-    return summarize(rounds, settings, pinned)
+    result = summarize(rounds, settings, pinned)
+    result["skipped_missing_packages"] = [v for v in settings.variants if not available(v)]
+    return result
 
 
 def summarize(rounds: dict[str, list[dict[str, Any]]], settings: Settings,
