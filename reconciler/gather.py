@@ -1,8 +1,10 @@
 """Gather: one snapshot per cluster per pass, from list calls only (no GET per object).
 
 A snapshot holds the VMIMs, VMs and VMIs (cluster-wide, into an ObjectStore) and the two CA
-ConfigMaps of the cluster's KubeVirt namespace (SPEC.md §1). A cluster that cannot be read gives
-None: its peers still get reconciled, and None is never taken as evidence that objects are absent.
+ConfigMaps of the cluster's KubeVirt namespace (SPEC.md §1); a CA snapshot only the ConfigMaps
+(what a CA-trust-only pass needs: two small lists per cluster, whatever the number of objects).
+A cluster that cannot be read gives None: its peers still get reconciled, and None is never taken
+as evidence that objects are absent.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -71,13 +73,24 @@ class ConfigMapState:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class CaSnapshot:
+    """A cluster's two CA ConfigMaps: all that the trust decisions read."""
+
     cluster: str
     kubevirt_namespace: str
     managed: bool
-    store: ObjectStore
     kubevirt_ca: ConfigMapState | None  # None: the ConfigMap does not exist
     external_ca: ConfigMapState | None
+
+
+@dataclass(frozen=True)
+class Snapshot(CaSnapshot):
+    """The CA ConfigMaps plus every VMIM, VM and VMI: what a full pass reads."""
+
+    store: ObjectStore
+
+
+S = TypeVar("S", bound=CaSnapshot)
 
 
 # --- list calls ---------------------------------------------------------------------------
@@ -116,15 +129,22 @@ def read_configmap(api: k8s.ApiClient, namespace: str, name: str,
     return ConfigMapState.from_object(items[0]) if items else None
 
 
-def gather_cluster(cluster: Cluster, timeout: float) -> Snapshot:
+def gather_ca(cluster: Cluster, timeout: float) -> CaSnapshot:
     api, namespace = cluster.api, cluster.namespace
-    store = ObjectStore()
-    for kind in PLURALS:
-        store.replace(kind, list_kubevirt(api, kind, timeout))
-    return Snapshot(
-        cluster=cluster.name, kubevirt_namespace=namespace, managed=cluster.managed, store=store,
+    return CaSnapshot(
+        cluster=cluster.name, kubevirt_namespace=namespace, managed=cluster.managed,
         kubevirt_ca=read_configmap(api, namespace, KUBEVIRT_CA_CONFIGMAP, timeout),
         external_ca=read_configmap(api, namespace, EXTERNAL_CA_CONFIGMAP, timeout))
+
+
+def gather_cluster(cluster: Cluster, timeout: float) -> Snapshot:
+    store = ObjectStore()
+    for kind in PLURALS:
+        store.replace(kind, list_kubevirt(cluster.api, kind, timeout))
+    ca = gather_ca(cluster, timeout)
+    return Snapshot(cluster=ca.cluster, kubevirt_namespace=ca.kubevirt_namespace,
+                    managed=ca.managed, kubevirt_ca=ca.kubevirt_ca, external_ca=ca.external_ca,
+                    store=store)
 
 
 # --- unreachable clusters: backoff ----------------------------------------------------------
@@ -163,21 +183,32 @@ class Backoff:
 
 
 @dataclass(frozen=True)
-class GatherResult:
-    snapshots: dict[str, Snapshot | None]
+class GatherResult(Generic[S]):
+    snapshots: dict[str, S | None]
     errors: dict[str, str]  # cluster -> why it has no snapshot this pass
 
 
 def gather_all(clusters: Iterable[Cluster], timeout: float, now: datetime,
-               backoff: Backoff | None = None) -> GatherResult:
-    """Snapshots of every cluster, read in parallel; failures become None plus an error."""
+               backoff: Backoff | None = None) -> GatherResult[Snapshot]:
+    """Full snapshots of every cluster, read in parallel; failures become None plus an error."""
+    return _gather_each(gather_cluster, clusters, timeout, now, backoff)
+
+
+def gather_all_ca(clusters: Iterable[Cluster], timeout: float, now: datetime,
+                  backoff: Backoff | None = None) -> GatherResult[CaSnapshot]:
+    """CA snapshots of every cluster (no VMIM, VM or VMI lists); failures as in gather_all."""
+    return _gather_each(gather_ca, clusters, timeout, now, backoff)
+
+
+def _gather_each(read: Callable[[Cluster, float], S], clusters: Iterable[Cluster],
+                 timeout: float, now: datetime, backoff: Backoff | None) -> GatherResult[S]:
     clusters = list(clusters)
     due = [c for c in clusters if backoff is None or backoff.due(c.name, now)]
-    snapshots: dict[str, Snapshot | None] = {c.name: None for c in clusters}
+    snapshots: dict[str, S | None] = {c.name: None for c in clusters}
     errors = {c.name: "backing off after earlier failures" for c in clusters if c not in due}
     if due:
         with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
-            futures = {c.name: pool.submit(gather_cluster, c, timeout) for c in due}
+            futures = {c.name: pool.submit(read, c, timeout) for c in due}
         for name, future in futures.items():
             try:
                 snapshots[name] = future.result()

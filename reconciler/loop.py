@@ -1,10 +1,15 @@
 """One reconcile pass (gather -> decide -> act), and the long-running loop that triggers it.
 
-A pass always works on the full set of clusters and objects (reconcile sets, not events): a
-watch event only says "look again soon". Passes run on a thread (the Kubernetes client is
-blocking) one at a time; events arriving meanwhile coalesce into one more pass. Triggers: a
-change of either CA ConfigMap or of any VMIM on any cluster, a peer Secret change (in a pod),
-leadership gained, the periodic resync, and a cluster's backoff expiring.
+A pass always works on the full set of clusters (reconcile sets, not events): a watch event only
+says "look again soon". Passes run on a thread (the Kubernetes client is blocking) one at a time;
+events arriving meanwhile coalesce into one more pass. Triggers: a change of either CA ConfigMap
+or of any VMIM on any cluster, a peer Secret change (in a pod), leadership gained, the periodic
+resync, and a cluster's backoff expiring.
+
+When every event since the last pass came from a CA ConfigMap watch, the next pass is a CA trust
+pass: it lists only the two CA ConfigMaps of each cluster, so a peer's CA rotation propagates in
+the same time whatever the number of VMIMs and VMs (a full pass re-lists all of them). Anything
+else (a VMIM, a peer Secret, leadership, resync, backoff expiry, `--once`) runs a full pass.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from reconciler.gather import (
     KUBEVIRT_VERSION,
     PLURALS,
     Backoff,
+    CaSnapshot,
     GatherResult,
+    Snapshot,
     describe_error,
     gather_all,
+    gather_all_ca,
 )
 from reconciler.gc import Deletion, GcMemory, GcSettings, decide_gc
 from reconciler.http import make_app, start_server
@@ -49,8 +57,9 @@ from reconciler.trust import ClusterTrust, TrustPlan, decide_trust
 
 log = logging.getLogger(__name__)
 
-# Coalesce bursts of watch events (our own writes echo back too) into one pass.
-DEBOUNCE_SECONDS = 1.0
+# Coalesce bursts of watch events (our own writes echo back too) into one pass. Short, because it
+# adds to every propagation delay (bench/README.md: 1.0 s made a CA rotation miss its 2 s target).
+DEBOUNCE_SECONDS = 0.2
 WATCH_TIMEOUT_SECONDS = 240
 
 
@@ -83,29 +92,51 @@ class Reconciler:
         self._reported_problems: dict[str, tuple[str, ...]] = {}
 
     def run_pass(self) -> PassReport:
+        """A full pass: CA trust and migration clean-up over every object."""
         now = self._clock()
         clusters = self._registry.refresh()
-        managed = frozenset(c.name for c in clusters if c.managed)
         gathered = gather_all(clusters, self._settings.api_timeout.total_seconds(), now,
                               None if self._settings.once else self.backoff)
+        report, actor = self._trust_pass(clusters, gathered, now)
+        managed = frozenset(c.name for c in clusters if c.managed)
+        stores = {n: (s.store if s is not None else None) for n, s in gathered.snapshots.items()}
+        deletions = decide_gc(stores, managed, now, self._gc_settings, self.gc_memory)
+        self._act_gc(actor, deletions, gathered, report)
+        return self._done(report, len(clusters), "full")
+
+    def run_ca_pass(self) -> PassReport:
+        """CA trust only, from the CA ConfigMaps alone. Uses the clusters already known: a peer
+        Secret change is a watch event of its own, and that triggers a full pass."""
+        now = self._clock()
+        clusters = self._registry.clusters
+        gathered = gather_all_ca(clusters, self._settings.api_timeout.total_seconds(), now,
+                                 None if self._settings.once else self.backoff)
+        report, _ = self._trust_pass(clusters, gathered, now)
+        return self._done(report, len(clusters), "ca")
+
+    def _trust_pass(self, clusters: list[Cluster],
+                    gathered: GatherResult[CaSnapshot] | GatherResult[Snapshot],
+                    now: datetime) -> tuple[PassReport, Actor]:
+        """What both kinds of pass share: cluster health, trust decided and acted upon."""
         self.backoff.forget(c.name for c in clusters)
         self._metrics.set_clusters_up({n: s is not None for n, s in gathered.snapshots.items()})
         report = PassReport(errors=[f"cluster {name}: {error}"
                                     for name, error in sorted(gathered.errors.items())])
+        managed = frozenset(c.name for c in clusters if c.managed)
         plan = decide_trust(gathered.snapshots, managed, now, self._settings.max_certificates,
                             own_ca_only=self._settings.trust_own_ca_only)
         self._metrics.set_peer_expiry(plan.expiry)
         self._metrics.set_peer_latest_expiry(plan.latest_expiry)
         self._report_bundle_problems(plan)
-        stores = {n: (s.store if s is not None else None) for n, s in gathered.snapshots.items()}
-        deletions = decide_gc(stores, managed, now, self._gc_settings, self.gc_memory)
         actor = Actor({c.name: c for c in clusters}, dry_run=self._settings.dry_run,
                       timeout=self._settings.api_timeout.total_seconds(),
                       metrics=self._metrics, may_act=self._may_act, clock=self._clock)
         self._act_trust(actor, plan, report)
-        self._act_gc(actor, deletions, gathered, report)
+        return report, actor
+
+    def _done(self, report: PassReport, clusters: int, scope: str) -> PassReport:
         self._metrics.passes.labels("ok" if report.ok else "error").inc()
-        log.info("reconcile pass done", extra=_summary(report, len(clusters)))
+        log.info("reconcile pass done", extra={**_summary(report, clusters), "scope": scope})
         return report
 
     def _act_trust(self, actor: Actor, plan: TrustPlan, report: PassReport) -> None:
@@ -122,7 +153,7 @@ class Reconciler:
             if not result.ok:
                 report.errors.append(f"cluster {decision.cluster}: CA sync: {result.detail}")
 
-    def _act_gc(self, actor: Actor, deletions: list[Deletion], gathered: GatherResult,
+    def _act_gc(self, actor: Actor, deletions: list[Deletion], gathered: GatherResult[Snapshot],
                 report: PassReport) -> None:
         for deletion in deletions:
             snapshot = gathered.snapshots.get(deletion.cluster)
@@ -221,10 +252,12 @@ class Watcher(threading.Thread):
         return version
 
 
-def watchers_for(cluster: Cluster, settings: Settings, poke: Callable[[], None]) -> list[Watcher]:
+def watchers_for(cluster: Cluster, settings: Settings, poke: Callable[[], None],
+                 poke_ca: Callable[[], None]) -> list[Watcher]:
+    """`poke_ca` for the CA ConfigMap watches (a CA trust pass is enough), `poke` for the rest."""
     core, custom = k8s.CoreV1Api(cluster.api), k8s.CustomObjectsApi(cluster.api)
     found = [Watcher(f"{cluster.name}/{name}", core.list_namespaced_config_map,
-                     (cluster.namespace,), {"field_selector": f"metadata.name={name}"}, poke)
+                     (cluster.namespace,), {"field_selector": f"metadata.name={name}"}, poke_ca)
              for name in (KUBEVIRT_CA_CONFIGMAP, EXTERNAL_CA_CONFIGMAP)]
     found.append(Watcher(f"{cluster.name}/vmims", custom.list_cluster_custom_object,
                          (KUBEVIRT_GROUP, KUBEVIRT_VERSION, PLURALS[KIND_VMIM]), {}, poke))
@@ -238,9 +271,10 @@ def watchers_for(cluster: Cluster, settings: Settings, poke: Callable[[], None])
 class WatchSet:
     """The watches of the current clusters; a changed or removed cluster's watches stop."""
 
-    def __init__(self, settings: Settings, poke: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, poke: Callable[[], None],
+                 poke_ca: Callable[[], None]) -> None:
         self._settings = settings
-        self._poke = poke
+        self._poke, self._poke_ca = poke, poke_ca
         self._by_cluster: dict[str, tuple[Cluster, list[Watcher]]] = {}
 
     def sync(self, clusters: list[Cluster]) -> None:
@@ -252,7 +286,7 @@ class WatchSet:
                 del self._by_cluster[name]
         for name, cluster in wanted.items():
             if name not in self._by_cluster:
-                watchers = watchers_for(cluster, self._settings, self._poke)
+                watchers = watchers_for(cluster, self._settings, self._poke, self._poke_ca)
                 for watcher in watchers:
                     watcher.start()
                 self._by_cluster[name] = (cluster, watchers)
@@ -279,19 +313,29 @@ class Service:
         self.reconciler = Reconciler(settings, registry, metrics,
                                      may_act=leader.is_leader if leader else lambda: True)
         self._trigger = asyncio.Event()
+        self._full_wanted = True  # some trigger since the last pass needs a full pass
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_tick = time.monotonic()
         self.port: int | None = None  # bound /metrics port, once serving
-        self.watches = WatchSet(settings, self.poke)
+        self.watches = WatchSet(settings, self.poke, self.poke_ca)
 
     def healthy(self) -> bool:
         limit = self._settings.resync_period.total_seconds() * 2 + 120
         return time.monotonic() - self._last_tick < limit
 
     def poke(self) -> None:
-        """Thread-safe: ask for another pass soon."""
+        """Thread-safe: ask for another full pass soon."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._trigger.set)
+            self._loop.call_soon_threadsafe(self._request, True)
+
+    def poke_ca(self) -> None:
+        """Thread-safe: a CA ConfigMap changed; a CA trust pass is enough unless more happens."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._request, False)
+
+    def _request(self, full: bool) -> None:
+        self._full_wanted = self._full_wanted or full
+        self._trigger.set()
 
     async def run(self, host: str = "0.0.0.0") -> int:
         self._loop = asyncio.get_running_loop()
@@ -323,7 +367,9 @@ class Service:
         while True:
             self._last_tick = time.monotonic()
             if self._leader is None or self._leader.is_leader():
-                await asyncio.to_thread(self.reconciler.run_pass)
+                full, self._full_wanted = self._full_wanted, False
+                await asyncio.to_thread(self.reconciler.run_pass if full
+                                        else self.reconciler.run_ca_pass)
             watches.sync(self._registry.clusters)
             await self._wait(self._next_timeout(resync))
 
@@ -337,8 +383,10 @@ class Service:
         return max(timeout, DEBOUNCE_SECONDS)
 
     async def _wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._trigger.wait(), timeout)
+        except TimeoutError:  # resync, a backoff expiring, a standby checking: all full passes
+            self._full_wanted = True
         await asyncio.sleep(DEBOUNCE_SECONDS)
         self._trigger.clear()
 

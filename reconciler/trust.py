@@ -45,7 +45,7 @@ from certs.bundle import (
 )
 from certs.bundle import earliest_not_after as _earliest
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
-from reconciler.gather import ConfigMapState, Snapshot
+from reconciler.gather import CaSnapshot, ConfigMapState
 
 
 class Outcome(StrEnum):
@@ -138,7 +138,7 @@ class TrustPlan:
         return [c.write for c in self.clusters if c.write is not None]
 
 
-def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | None:
+def peer_cas(snapshot: CaSnapshot, now: datetime, max_count: int) -> PeerCAs | None:
     """The valid CA certificates of a cluster's kubevirt-ca; problems never stop the rest."""
     if snapshot.kubevirt_ca is None:
         return None
@@ -148,7 +148,7 @@ def peer_cas(snapshot: Snapshot, now: datetime, max_count: int) -> PeerCAs | Non
     return PeerCAs(snapshot.cluster, tuple(certs), tuple(problems), current)
 
 
-def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[str],
+def decide_trust(snapshots: Mapping[str, CaSnapshot | None], managed: frozenset[str],
                  now: datetime, max_count: int = MAX_CERTIFICATES_IN_BUNDLE, *,
                  own_ca_only: bool = False) -> TrustPlan:
     """The CA writes every managed cluster needs. `snapshots[name] is None`: unreachable."""
@@ -166,7 +166,7 @@ def decide_trust(snapshots: Mapping[str, Snapshot | None], managed: frozenset[st
     return TrustPlan(peers, decisions, expiry, latest)
 
 
-def _decide_cluster(name: str, snapshots: Mapping[str, Snapshot | None],
+def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                     offered: Mapping[str, tuple[x509.Certificate, ...]],
                     max_count: int) -> ClusterTrust:
     snapshot = snapshots[name]

@@ -34,7 +34,7 @@ from certs.bundle import parse_bundle, to_pem
 from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
-from reconciler import cli
+from reconciler import cli, gather
 from reconciler.act import Actor
 from reconciler.clusters import Registry
 from reconciler.gc import Deletion
@@ -154,7 +154,8 @@ def west(pair) -> Api:
 def cas() -> dict[str, x509.Certificate]:
     return {"east1": new_ca("east1"), "west1": new_ca("west1"), "west3": new_ca("west3"),
             "west-expired": new_ca("west0", -timedelta(days=9), -timedelta(days=2)),
-            "west2": new_ca("west2"), "east2": new_ca("east2"), "east3": new_ca("east3")}
+            "west2": new_ca("west2"), "east2": new_ca("east2"), "east3": new_ca("east3"),
+            "west4": new_ca("west4")}
 
 
 @pytest.fixture(autouse=True)
@@ -251,7 +252,10 @@ def test_a_read_only_cluster_is_never_written(pair, east, west, cas):
 
 
 # --- the long-running service: watch-driven passes, /healthz, /metrics ----------------------------
-def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, cas):
+@contextlib.contextmanager
+def serving(pair: tuple[Cluster, Cluster]) -> Iterator[Service]:
+    """The service (resync 1h) on a thread, yielded once its first pass ran and every watch
+    has listed: changes from then on are seen."""
     settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", "--resync-period", "1h"))
     registry = Registry(settings)
     service = Service(settings, registry, ReconcilerMetrics())
@@ -266,8 +270,17 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        # After the first pass, every watch has listed: changes from now on are seen.
         eventually(lambda: service.port is not None and service.watches.all_ready())
+        yield service
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=30)
+        registry.close()
+    assert not thread.is_alive()
+
+
+def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, cas):
+    with serving(pair) as service:
         east.set_bundle("kubevirt-ca", (east.bundle("kubevirt-ca") or "") +
                         to_pem([cas["east3"]]))
         # Resync is 1h: only the kubevirt-ca watch can trigger this pass.
@@ -288,12 +301,50 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
         assert 'dlm_guard_peer_ca_expiry_timestamp_seconds{cluster="east",peer="west"}' in text
         assert ('dlm_guard_peer_ca_latest_expiry_timestamp_seconds{cluster="east",peer="west"}'
                 in text)
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=30)
-        registry.close()
-    assert not thread.is_alive()
     west.merge_inbox()
+
+
+def test_ca_events_run_ca_passes_that_list_no_vmims_and_vmim_events_full_ones(
+        pair, east, west, cas, monkeypatch):
+    listed: list[str] = []
+    real_list = gather.list_kubevirt
+
+    def counting_list(api: k8s.ApiClient, kind: str, timeout: float) -> list[dict[str, Any]]:
+        listed.append(kind)
+        return real_list(api, kind, timeout)
+
+    monkeypatch.setattr(gather, "list_kubevirt", counting_list)
+    with serving(pair) as service:
+        scopes: list[str] = []
+
+        def recording(method: Callable[[], PassReport], scope: str) -> Callable[[], PassReport]:
+            def run() -> PassReport:
+                scopes.append(scope)
+                return method()
+            return run
+
+        for name, scope in (("run_pass", "full"), ("run_ca_pass", "ca")):
+            monkeypatch.setattr(service.reconciler, name,
+                                recording(getattr(service.reconciler, name), scope))
+        assert listed  # the first pass is a full one
+        listed.clear()
+        west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
+                        to_pem([cas["west4"]]))
+        eventually(lambda: east.bundle("kubevirt-external-ca") == to_pem([cas["west4"]]))
+        # Our write echoes back on east's inbox watch: one more CA pass, still no lists.
+        eventually(lambda: len(scopes) >= 2)
+        assert set(scopes) == {"ca"} and listed == []
+
+        east.ensure_namespace(VM_NS)
+        east.create("virtualmachineinstancemigrations", vmim("probe-in", "receive", "probe",
+                                                             "probe"))
+        try:
+            eventually(lambda: "full" in scopes)
+            eventually(lambda: "VirtualMachineInstanceMigration" in listed)
+        finally:
+            east.custom.delete_namespaced_custom_object(
+                "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations", "probe-in")
+    east.merge_inbox()
 
 
 # --- migration clean-up ---------------------------------------------------------------------------

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from certs.bundle import ProblemKind, fingerprint, parse_bundle, to_pem, valid_at
 from certs.generate import Issued, make_ca, make_leaf
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
-from dlm_guard.store import ObjectStore
-from reconciler.gather import ConfigMapState, Snapshot
+from reconciler.gather import CaSnapshot, ConfigMapState
 from reconciler.trust import Outcome, decide_trust
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -46,17 +45,16 @@ def cm(name: str, bundle: str | None, rv: str = "7", terminating: bool = False,
 
 
 def snap(cluster: str, bundle: str | None, inbox: str | None = None, *, managed: bool = True,
-         rv: str = "7", inbox_terminating: bool = False) -> Snapshot:
-    return Snapshot(cluster, "kubevirt", managed, ObjectStore(),
-                    cm(KUBEVIRT_CA_CONFIGMAP, bundle),
-                    cm(EXTERNAL_CA_CONFIGMAP, inbox, rv, inbox_terminating))
+         rv: str = "7", inbox_terminating: bool = False) -> CaSnapshot:
+    return CaSnapshot(cluster, "kubevirt", managed, cm(KUBEVIRT_CA_CONFIGMAP, bundle),
+                      cm(EXTERNAL_CA_CONFIGMAP, inbox, rv, inbox_terminating))
 
 
 def prints(*certs: x509.Certificate) -> tuple[str, ...]:
     return tuple(sorted(fingerprint(c) for c in certs))
 
 
-def decide(*snapshots: Snapshot | tuple[str, None], managed: set[str] | None = None,
+def decide(*snapshots: CaSnapshot | tuple[str, None], managed: set[str] | None = None,
            own_ca_only: bool = False):
     table = {s[0] if isinstance(s, tuple) else s.cluster: (None if isinstance(s, tuple) else s)
              for s in snapshots}
