@@ -50,7 +50,7 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
         from bench import variants
         if smoke:
             return variants.run(variants.Settings(seconds=0.5, warmup=0.2, concurrency=4,
-                                                  rounds=1, variants=("fastpatch,narrowcopy",)))
+                                                  rounds=1, variants=("fastpatch,readall",)))
         return variants.run(variants.Settings(seconds=args.seconds * 0.8, warmup=args.warmup,
                                               concurrency=args.concurrency, rounds=args.rounds))
     if part == "apiserver":

@@ -1,6 +1,6 @@
 """Profile `dlm-guard serve` under the benchmark load with pyinstrument (optional dependency).
 
-    python -m bench profile [--seconds 8] [--variant fastpatch,orjson]
+    python -m bench profile [--seconds 8] [--variant fastpatch,readall]
 
 Runs the server under `pyinstrument -m` (pinned like the benchmark), drives the mix at it in a
 closed loop, stops it, and prints the functions with the most inclusive time (each function

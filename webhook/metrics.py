@@ -16,6 +16,8 @@ made-up kinds cannot blow up the series count.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -64,12 +66,19 @@ class AdmissionMetrics:
             "dlm_guard_admission_duration_seconds",
             "Time to decode, evaluate and encode one admission request (body read excluded).",
             ("endpoint",), buckets=DURATION_BUCKETS, registry=self.registry)
+        # .labels() takes a lock and checks the labels on every call: keep the children, keyed
+        # by the mapped labels, so the cache is as bounded as the series.
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, kind: str, operation: str, result: str,
                 seconds: float) -> None:
-        self.requests.labels(endpoint, kind_label(kind), operation_label(operation),
-                             result).inc()
-        self.duration.labels(endpoint).observe(seconds)
+        key = (endpoint, kind_label(kind), operation_label(operation), result)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*key),
+                                              self.duration.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

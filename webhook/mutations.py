@@ -1,7 +1,8 @@
 """Mutations: change a copy of the object, then diff it into a minimal JSON patch.
 
-The copy is shallow except for the top-level fields a mutation writes into (metadata, and a
-VMIM's spec), which are deep copies: the request object itself is never changed.
+The copy is shallow except for the dicts a mutation writes into (metadata with its labels or
+annotations, and a VMIM's spec.receive), which are copied too: the request object itself is
+never changed, and managedFields or a VM template are shared, not deep-copied.
 
 Each mutation only fills in what is missing, so a second pass over the patched object finds
 nothing to do. Mutations are defaults, not rules: they run whatever mode the policy gives the
@@ -12,7 +13,6 @@ requests reach here (kind, operation, exemptions).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable
 from typing import Any
@@ -59,12 +59,18 @@ def json_patch(before: Obj, after: Obj) -> JsonPatch:
 _ABSENT = object()
 
 
-def _copy_with_private(obj: Obj, *fields: str) -> dict[str, Any]:
-    """A shallow copy of obj whose `fields` are deep copies: safe to change those only."""
+def _copy_with_private(obj: Obj, *paths: tuple[str, ...]) -> dict[str, Any]:
+    """A shallow copy of obj whose dicts along each of `paths` are copies too: safe to write
+    into those dicts (and to add what is missing there) only; everything else is shared."""
     result = dict(obj)
-    for field in fields:
-        if field in result:
-            result[field] = copy.deepcopy(result[field])
+    for path in paths:
+        parent = result
+        for key in path:
+            value = parent.get(key)
+            if not isinstance(value, dict):
+                break
+            parent[key] = value = dict(value)
+            parent = value
     return result
 
 
@@ -73,7 +79,7 @@ def mutate_vm(vm: Obj, restore_run_strategy: str) -> Obj:
     """vm with kubevirt.io/restore-run-strategy filled in when it is missing (a copy then)."""
     if not is_wait_as_receiver(vm) or ANNOTATION_RESTORE_RUN_STRATEGY in annotations_of(vm):
         return vm  # nothing to fill in
-    result = _copy_with_private(vm, "metadata")
+    result = _copy_with_private(vm, ("metadata", "annotations"))
     annotations = _string_map(result, "annotations")
     if annotations is not None:
         annotations[ANNOTATION_RESTORE_RUN_STRATEGY] = restore_run_strategy
@@ -87,7 +93,7 @@ def mutate_vmim(vmim: Obj, new_id: Callable[[], str], *, creating: bool) -> Obj:
     role = migration_role(vmim)
     if role is None:  # ordinary migration, or both roles (validate denies that)
         return vmim
-    result = _copy_with_private(vmim, "metadata", "spec")
+    result = _copy_with_private(vmim, ("metadata", "labels"), ("spec", "receive"))
     if creating and role is Role.TARGET:
         _fill_receive_migration_id(result, new_id)
     _set_pairing_labels(result, role)

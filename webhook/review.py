@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # The API server caps request bodies at 3 MiB of object, and an AdmissionReview carries the
@@ -117,7 +118,25 @@ def decode_review(body: bytes) -> Review:
     return Review(review.apiVersion, review.kind, review.request.uid, data["request"])
 
 
+# orjson parses a review in under half the time of json, but differs on a few inputs json
+# decides differently: it refuses what json accepts (1e400, lone surrogates, UTF-16/32
+# bodies), reads integers beyond 64 bits as floats, and nests 1,024 deep where json stops at
+# the recursion limit. Bodies that could be any of these go to json, which decides as it
+# always has: a 19-digit run (every integer beyond 64 bits has one), enough brackets to nest
+# near the recursion limit, or anything orjson refuses.
+# (A digit run is found with bytes.translate + `in`, both C loops: ~10x faster than a regex.)
+_DIGITS_AS_ZEROS = bytes(ord("0") if byte in b"0123456789" else ord(" ") for byte in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+_ORJSON_MAX_CONTAINERS = 800
+
+
 def _parse_json(body: bytes) -> Any:
+    if (body.count(b"[") + body.count(b"{") < _ORJSON_MAX_CONTAINERS
+            and _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZEROS)):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # json gives the verdict and the reason
     try:
         # NaN/Infinity are not JSON; accepting them would let them echo into our responses.
         return json.loads(body, parse_constant=_reject_constant)

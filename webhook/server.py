@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 
 from webhook import engine as admission
@@ -162,10 +164,22 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+# json.dumps escapes DEL and non-ASCII (ensure_ascii); orjson writes them raw. Answers are
+# ASCII in practice; any other answer is encoded by json, so the bytes never change.
+_NOT_JSON_ASCII = re.compile(rb"[\x7f-\xff]")
+
+
 def encode_answer(review: Review, decision: Decision) -> bytes:
     """The AdmissionReview answer, in the apiVersion/kind the request came in."""
     answer = decision.review(review.uid)
     answer["apiVersion"], answer["kind"] = review.api_version, review.kind
+    try:
+        encoded: bytes = orjson.dumps(answer)
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate echoed from the request
+        pass
+    else:
+        if _NOT_JSON_ASCII.search(encoded) is None:
+            return encoded
     return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
 
 

@@ -70,7 +70,7 @@ def test_micro_and_webhook_load_smoke(tmp_path: Path) -> None:
 
     variants = results["variants"]
     assert set(variants["server_cpu_us_per_request"]) == {"bare-aiohttp", "dlm-guard",
-                                                          "fastpatch,narrowcopy"}
+                                                          "fastpatch,readall"}
     for runs in variants["rounds"].values():
         for run in runs:
             check_run(run)
