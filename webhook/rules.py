@@ -19,16 +19,19 @@ from typing import Any
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
     ANNOTATION_RESTORE_RUN_STRATEGY,
+    DEV_CONFIG_PATH,
     FEATURE_GATE,
     RESTORABLE_RUN_STRATEGIES,
     ROLE_FIELD,
     RUN_STRATEGY_WAIT_AS_RECEIVER,
     VMI_PHASE_RUNNING,
     Finding,
+    GateState,
     Obj,
     Role,
+    Severity,
     annotations_of,
-    feature_gate_enabled,
+    feature_gate_state,
     get_path,
     has_both_roles,
     is_receiver_vmi,
@@ -267,37 +270,29 @@ def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
 
 
 def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
-    gates = "spec.configuration.developerConfiguration.featureGates"
-    disabled = "spec.configuration.developerConfiguration.disabledFeatureGates"
+    """Deny only when the gate is known to be off; warn when the CR cannot tell."""
+    gates = f"{DEV_CONFIG_PATH}.featureGates"
     if kubevirt is None:
         return [Finding("feature-gate", gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
                         f"{FEATURE_GATE} in {gates}")]
     where = f"KubeVirt {namespace_of(kubevirt)}/{name_of(kubevirt)}"
-    enabled = _gate_state(kubevirt)
-    if enabled is True:
+    reading = feature_gate_state(kubevirt)
+    if reading.state is GateState.ON:
         return []
-    if enabled is False and _listed(kubevirt, "disabledFeatureGates"):
+    if reading.state is GateState.UNKNOWN:
+        return [Finding("feature-gate", gates, (
+            f"{where}: cannot tell whether {FEATURE_GATE} is on ({reading.reason}); KubeVirt "
+            f"itself rejects this VMIM if it is off: list {FEATURE_GATE} in {gates} to be sure"),
+            Severity.ADVISORY)]
+    disabled = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
+    if "disabledFeatureGates" in reading.reason:
         return [Finding("feature-gate", disabled,
-                        f"{where} disables {FEATURE_GATE}: remove it from {disabled}")]
-    # Alpha before v1.10 (opt-in), Beta from v1.10 (on unless disabled): SPEC.md §1.
-    version = get_path(kubevirt, "status", "observedKubeVirtVersion") or "unknown"
+                        f"{where} disables {FEATURE_GATE} ({reading.reason}): remove it from "
+                        f"{disabled}")]
     return [Finding("feature-gate", gates,
-                    f"{where} does not list {FEATURE_GATE}, and before v1.10 the gate is off "
-                    f"unless listed (status.observedKubeVirtVersion: {shown(version)}): "
-                    f"add {FEATURE_GATE} to {gates}")]
-
-
-def _gate_state(kubevirt: Obj) -> bool | None:
-    try:
-        return feature_gate_enabled(kubevirt)
-    except (AttributeError, TypeError):  # a KubeVirt CR too malformed to tell
-        return None
-
-
-def _listed(kubevirt: Obj, field: str) -> bool:
-    listed = get_path(kubevirt, "spec", "configuration", "developerConfiguration", field)
-    return isinstance(listed, list) and FEATURE_GATE in listed
+                    f"{where}: {FEATURE_GATE} is off ({reading.reason}): add {FEATURE_GATE} "
+                    f"to {gates}")]
 
 
 # --- Decentralized VMIM, UPDATE -------------------------------------------------------

@@ -19,7 +19,7 @@ from factories import (
     vmim,
 )
 
-from dlm_guard.domain import Role
+from dlm_guard.domain import Role, Severity
 from webhook import rules
 
 
@@ -187,16 +187,26 @@ def test_named_vmi_volume_findings_name_the_vmi() -> None:
     (kubevirt(gates=(), disabled=("DecentralizedLiveMigration",), version="v1.10.0"),
      "remove it from spec.configuration.developerConfiguration.disabledFeatureGates"),
     (kubevirt(gates=(), version="v1.9.2"), "add DecentralizedLiveMigration to"),
-    (kubevirt(gates=(), version=None), "observedKubeVirtVersion: 'unknown'"),
-    (kubevirt(gates=(), version="garbage"), "add DecentralizedLiveMigration to"),
+    (kubevirt(gates=(), version="v1.6.0-rc.1"), "'v1.6.0-rc.1' is a release where"),
 ])
-def test_feature_gate_off_or_unknown(cr: dict[str, Any] | None, says: str) -> None:
+def test_feature_gate_known_off_is_a_violation(cr: dict[str, Any] | None, says: str) -> None:
     [finding] = rules.feature_gate_findings(cr)
     assert finding.rule == "feature-gate" and says in finding.message
+    assert finding.severity is Severity.VIOLATION
+
+
+@pytest.mark.parametrize("version", [
+    None, "", "latest", "garbage", "v1.9.0-beta.0-1264-gd923fdb815", "v1.10.0", "v2.0.1"])
+def test_feature_gate_cannot_tell_is_an_advisory_naming_the_version(version: str | None) -> None:
+    [finding] = rules.feature_gate_findings(kubevirt(gates=(), version=version))
+    assert finding.severity is Severity.ADVISORY
+    assert "cannot tell" in finding.message
+    assert (repr(version) if version else "observedKubeVirtVersion is not set") in finding.message
 
 
 @pytest.mark.parametrize("cr", [
-    kubevirt(), kubevirt(gates=(), version="v1.10.0"), kubevirt(gates=(), version="v2.0.1"),
+    kubevirt(), kubevirt(version="latest"), kubevirt(version="v1.9.0-beta.0-1264-gd923fdb815"),
+    kubevirt(disabled=("DecentralizedLiveMigration",)),  # an explicit enable wins
 ])
 def test_feature_gate_on(cr: dict[str, Any]) -> None:
     assert rules.feature_gate_findings(cr) == []
@@ -204,7 +214,8 @@ def test_feature_gate_on(cr: dict[str, Any]) -> None:
 
 def test_feature_gate_survives_a_malformed_kubevirt_cr() -> None:
     cr = {"kind": "KubeVirt", "spec": {"configuration": {"developerConfiguration": ["x"]}}}
-    assert slugs(rules.feature_gate_findings(cr)) == ["feature-gate"]
+    [finding] = rules.feature_gate_findings(cr)
+    assert finding.rule == "feature-gate" and finding.severity is Severity.ADVISORY
 
 
 # --- immutable-spec -------------------------------------------------------------------
