@@ -7,6 +7,7 @@ the keys we read and write, and the volume checks. Upstream facts are cited from
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -146,12 +147,31 @@ def spec_migration_id(vmim: Obj, role: Role) -> str | None:
 
 
 def migration_id(vmim: Obj) -> str | None:
-    """migrationID used for pairing: our label when present, else the spec (issue #5)."""
+    """The migrationID that pairs the two sides: the spec's, never our label.
+
+    Upstream pairs by the spec's migrationID (any non-empty string), and our label may be
+    a hash of it, so a label can neither pair nor be trusted to match the spec.
+    """
     role = migration_role(vmim)
     if role is None:
         return None
-    label = labels_of(vmim).get(LABEL_MIGRATION_ID)
-    return label or spec_migration_id(vmim, role) or None
+    return spec_migration_id(vmim, role) or None
+
+
+LABEL_HASH_PREFIX = "sha256-"
+_LABEL_HASH_HEX = LABEL_VALUE_MAX - len(LABEL_HASH_PREFIX)  # 56 hex digits: a 63-char label
+
+
+def migration_id_label(mid: str) -> str:
+    """The `dlm-guard.io/migration-id` label value for a migrationID.
+
+    The ID itself when it is a valid label value, else `sha256-` + the first 56 hex digits
+    of its SHA-256, so both clusters derive the same label from the same ID (Forklift's
+    73-character `<vm uid>-<migration uid>` IDs take the hash form).
+    """
+    if is_valid_label_value(mid):
+        return mid
+    return LABEL_HASH_PREFIX + hashlib.sha256(mid.encode()).hexdigest()[:_LABEL_HASH_HEX]
 
 
 def vmi_name(vmim: Obj) -> str:

@@ -35,7 +35,6 @@ from dlm_guard.domain import (
     get_path,
     has_both_roles,
     is_receiver_vmi,
-    is_valid_label_value,
     migration_role,
     name_of,
     namespace_of,
@@ -106,16 +105,12 @@ def vmim_offline_findings(vmim: Obj) -> list[Finding]:
 def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
     path = field_path("spec", ROLE_FIELD[role], "migrationID")
     value = get_path(vmim, "spec", ROLE_FIELD[role], "migrationID")
-    # The CRD accepts "" (no minLength), but an empty ID cannot pair the two sides.
+    # The CRD accepts "" (no minLength), but an empty ID cannot pair the two sides. Any other
+    # string is valid upstream: no length or charset limit (docs/kubevirt-facts.md).
     if value is None or value == "":
         problem = "missing or empty: set the same migrationID on the source and target VMIMs"
     elif not isinstance(value, str):
         problem = f"must be a string, not {type(value).__name__}"
-    elif not is_valid_label_value(value):
-        problem = (f"{shown(value)} is not a valid label value (at most 63 characters: letters, "
-                   "digits, '-', '_', '.', starting and ending with a letter or digit); "
-                   "choose an ID that fits so it can be used in the dlm-guard.io/migration-id "
-                   "label")
     else:
         return []
     return [Finding("migration-id", path, problem)]
