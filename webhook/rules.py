@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
@@ -44,10 +44,22 @@ from dlm_guard.domain import (
     vmi_name,
     volume_findings,
 )
-from dlm_guard.store import ObjectStore
 from webhook.grpc_target import target_problem
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClusterView(Protocol):
+    """What the cluster rules read: an ObjectStore, or the engine's view with a VMI fetched
+    live laid over it."""
+
+    def vmi(self, namespace: str, name: str) -> Obj | None: ...
+
+    def vm(self, namespace: str, name: str) -> Obj | None: ...
+
+    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]: ...
+
+    def kubevirt(self) -> Obj | None: ...
 
 
 # --- Paths ----------------------------------------------------------------------------
@@ -129,7 +141,7 @@ def connect_url_findings(url: Any) -> list[Finding]:
 
 
 # --- Decentralized VMIM, rules that need cluster state ---------------------------------
-def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ObjectStore) -> list[Finding]:
+def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> list[Finding]:
     """duplicate-migration-id, receiver-vmi, source-vmi, feature-gate and volume rules on the
     named VMI. Only for a VMIM with exactly one role: with both, upstream ignores both."""
     role = migration_role(vmim)
@@ -150,7 +162,7 @@ def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ObjectStore) -> li
 
 
 def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
-                                    cluster: ObjectStore) -> list[Finding]:
+                                    cluster: ClusterView) -> list[Finding]:
     # Upstream looks VMIMs up by migrationID cluster-wide, finished ones included, and takes
     # the first match: a reused ID can silently pair with the wrong VMIM (SPEC.md §1).
     mid = spec_migration_id(vmim, role)
@@ -198,7 +210,7 @@ def source_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Find
     return [Finding(Rule.SOURCE_VMI, "spec.vmiName", problem)]
 
 
-def owner_vm(vmi: Obj, namespace: str, cluster: ObjectStore) -> Obj | None:
+def owner_vm(vmi: Obj, namespace: str, cluster: ClusterView) -> Obj | None:
     """The VirtualMachine that controls a VMI (its controller ownerReference), if cached."""
     references = get_path(vmi, "metadata", "ownerReferences")
     for reference in references if isinstance(references, list) else []:
