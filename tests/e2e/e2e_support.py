@@ -203,6 +203,22 @@ def set_gate(cluster: Cluster, on: bool) -> None:
             input=json.dumps(kubevirt_cr(on)))
 
 
+def set_kubevirt_version(cluster: Cluster, version: str | None) -> None:
+    """What virt-operator writes to the KubeVirt CR's status (the status subresource)."""
+    status = {"status": {"observedKubeVirtVersion": version}}
+    kubectl(cluster, "patch", "kubevirt", "kubevirt", "-n", KUBEVIRT_NAMESPACE,
+            "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+def create_together(cluster: Cluster, namespace: str, *objects: dict[str, Any]
+                    ) -> subprocess.CompletedProcess[str]:
+    """One `kubectl create` for several objects: created one after the other within
+    milliseconds, faster than a watch delivers the first to the webhook's cache."""
+    items = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+    return kubectl(cluster, "create", "-n", namespace, "-f", "-", input=json.dumps(items),
+                   check=False)
+
+
 # --- waiting for the webhook's cache --------------------------------------------------
 def eventually(attempt: Callable[[], subprocess.CompletedProcess[str]],
                done: Callable[[subprocess.CompletedProcess[str]], bool],
