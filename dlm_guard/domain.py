@@ -1,8 +1,8 @@
 """KubeVirt decentralized-live-migration facts shared by the webhook and the reconciler.
 
 Everything here is pure: views over plain Kubernetes object dicts (as decoded from JSON),
-the keys we read and write, and the volume checks. Upstream facts are cited from
-../shared/SPEC.md (KubeVirt main of 2026-08, v1.6 to v1.9).
+the keys we read and write, and the volume checks. The upstream facts behind them are in
+docs/kubevirt-facts.md (KubeVirt main d923fdb815 and v1.6 to v1.9, Forklift, grpc-go).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ EXTERNAL_CA_CONFIGMAP = "kubevirt-external-ca"
 CA_BUNDLE_KEY = "ca-bundle"
 MAX_CERTIFICATES_IN_BUNDLE = 50  # maxCertificatesInBundle in virt-operator
 
-# --- Migration phases (SPEC.md §4) ----------------------------------------------------
+# --- Migration phases (docs/kubevirt-facts.md, "Phases and failure") ------------------
 PHASE_SUCCEEDED = "Succeeded"
 PHASE_FAILED = "Failed"
 FINAL_PHASES = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
@@ -145,7 +145,8 @@ def migration_role(vmim: Obj) -> Role | None:
     """The role of a decentralized VMIM, None for an ordinary one.
 
     Upstream's IsDecentralized() needs exactly one of sendTo/receive; with both set the VMIM
-    silently turns into an ordinary migration (SPEC.md §1). We still report `both-roles`, so
+    silently turns into an ordinary migration (docs/kubevirt-facts.md). We still report
+    `both-roles`, so
     callers check has_both_roles() first.
     """
     spec = vmim.get("spec")
@@ -301,7 +302,7 @@ def _gate_default(version: Any) -> GateReading:
         "v1.9, Beta on main since June 2026)"))
 
 
-# --- Volume checks (SPEC.md §3) -------------------------------------------------------
+# --- Volume checks (docs/kubevirt-facts.md, "Filesystems") ---------------------------
 class Severity(StrEnum):
     """How far a finding can go: the policy's mode applies to a violation; an advisory is at
     most a warning, even under `enforce` (what dlm-guard cannot know for sure never denies)."""

@@ -164,7 +164,7 @@ def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> li
 def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
                                     cluster: ClusterView) -> list[Finding]:
     # Upstream looks VMIMs up by migrationID cluster-wide, finished ones included, and takes
-    # the first match: a reused ID can silently pair with the wrong VMIM (SPEC.md §1).
+    # the first match: a reused ID can silently pair with the wrong VMIM (docs/kubevirt-facts.md).
     mid = spec_migration_id(vmim, role)
     if not mid:
         return []
@@ -307,7 +307,8 @@ def wait_as_receiver_vm_findings(vm: Obj) -> list[Finding]:
 
 def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
     # virt-controller copies this annotation into spec.runStrategy after a successful
-    # migration without validating it; missing, the VM stays WaitAsReceiver (SPEC.md §1).
+    # migration without validating it; missing, the VM stays WaitAsReceiver
+    # (docs/kubevirt-facts.md).
     allowed = ", ".join(RESTORABLE_RUN_STRATEGIES)
     annotations = annotations_of(vm)
     if ANNOTATION_RESTORE_RUN_STRATEGY not in annotations:
