@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
+from typing import Any
 
 import pytest
 from e2e_support import (
@@ -23,10 +24,18 @@ from e2e_support import (
     accepted,
     create_together,
     get,
+    kubevirt_cr,
     new_namespace,
     vmi,
     vmim,
 )
+
+from dlm_guard.store import ObjectStore
+from webhook.cache import load_api_client
+from webhook.decision import Decision
+from webhook.engine import Context, random_suffix, validate
+from webhook.live import KubeVmiLookup, confirming_validate
+from webhook.policy import Policy
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +93,40 @@ def test_a_vmi_that_does_not_exist_is_still_denied_after_the_live_check(
     assert not accepted(created)
     assert "[receiver-vmi] spec.vmiName: " in created.stderr
     assert f"VirtualMachineInstance {ns}/{VM_NAME}-absent not found" in created.stderr
+
+
+# --- The live GET itself, with a cache that has certainly not seen the VMI ----------------
+def forklift_target_review(namespace: str, mid: str) -> dict[str, Any]:
+    target = vmim(TARGET_VMIM, "forklift-target", mid)
+    target["metadata"]["namespace"] = namespace
+    return {"uid": "e2e", "kind": {"group": "kubevirt.io", "version": "v1",
+                                   "kind": "VirtualMachineInstanceMigration"},
+            "namespace": namespace, "operation": "CREATE", "object": target}
+
+
+async def test_the_live_get_admits_what_a_lagging_cache_would_deny(
+        guarded: list[Guarded]) -> None:
+    """The production VmiLookup against the real API server; the cache is an ObjectStore that
+    holds the KubeVirt CR but not the VMI, as a watch that has not delivered it yet would."""
+    cluster = guarded[1].cluster
+    ns = new_namespace(cluster, "e2e-forklift-dst")
+    assert accepted(create_together(cluster, ns, vmi(receiver=True)))
+    lagging = ObjectStore([kubevirt_cr(gate_on=True)])
+    ctx = Context(policy=Policy(), cluster=lagging, new_id=random_suffix)
+    review = forklift_target_review(ns, forklift_migration_id())
+
+    cache_only = validate(review, ctx)  # what dlm-guard answered before the live GET
+    assert not cache_only.allowed and "[receiver-vmi]" in cache_only.message
+
+    api = load_api_client(str(cluster.kubeconfig))
+    try:
+        validate_live = confirming_validate(KubeVmiLookup(api))
+        pending = validate_live(review, ctx)
+        assert not isinstance(pending, Decision)  # a miss: one GET to make
+        assert (await pending).allowed
+        absent = validate_live(forklift_target_review(f"{ns}-nowhere", "x"), ctx)
+        assert not isinstance(absent, Decision)
+        denied = await absent
+        assert not denied.allowed and "not found" in denied.message
+    finally:
+        api.close()
