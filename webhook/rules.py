@@ -142,8 +142,9 @@ def connect_url_findings(url: Any) -> list[Finding]:
 
 # --- Decentralized VMIM, rules that need cluster state ---------------------------------
 def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> list[Finding]:
-    """duplicate-migration-id, receiver-vmi, source-vmi, feature-gate and volume rules on the
-    named VMI. Only for a VMIM with exactly one role: with both, upstream ignores both."""
+    """duplicate-migration-id, receiver-vmi, source-vmi, legacy-running, feature-gate and the
+    volume rules on the named VMI. Only for a VMIM with exactly one role: with both, upstream
+    ignores both."""
     role = migration_role(vmim)
     if role is None:
         return []
