@@ -127,6 +127,12 @@ def add_filesystem(spec: dict[str, Any]) -> None:
     _add_volume(spec, "fs0")
 
 
+def add_config_map_filesystem(spec: dict[str, Any]) -> None:
+    """A virtiofs share of a ConfigMap: migrates since KubeVirt v1.5 (docs/kubevirt-facts.md)."""
+    spec["domain"]["devices"]["filesystems"] = [{"name": "config", "virtiofs": {}}]
+    spec["volumes"].append({"name": "config", "configMap": {"name": "app-config"}})
+
+
 def add_persistent_efi(spec: dict[str, Any]) -> None:
     spec["domain"]["firmware"] = {"bootloader": {"efi": {"persistent": True}}}
 

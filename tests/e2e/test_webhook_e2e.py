@@ -21,6 +21,7 @@ from e2e_support import (
     VM_NAME,
     Guarded,
     accepted,
+    add_config_map_filesystem,
     add_filesystem,
     add_lun_disk,
     add_persistent_efi,
@@ -72,6 +73,13 @@ def test_target_vm_with_an_unsupported_device_is_rejected(
     assert result.returncode != 0
     assert DENIED in result.stderr and expected in result.stderr
     assert get(cluster, ns, "vm", VM_NAME) is None
+
+
+def test_target_vm_sharing_a_config_map_over_virtiofs_is_accepted(
+        cluster: Cluster, ns: str) -> None:
+    result = apply(cluster, ns, target_vm(device=add_config_map_filesystem))
+    assert accepted(result), result.stderr
+    assert "[filesystem]" not in result.stderr
 
 
 def test_clean_target_vm_is_accepted_unchanged(cluster: Cluster, ns: str) -> None:
