@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
     ANNOTATION_RESTORE_RUN_STRATEGY,
-    DEV_CONFIG_PATH,
+    DISABLED_GATES_PATH,
     FEATURE_GATE,
+    GATES_PATH,
     KIND_VM,
     RESTORABLE_RUN_STRATEGIES,
     ROLE_FIELD,
@@ -250,7 +251,7 @@ def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
 
 def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     """Deny only when the gate is known to be off; warn when the CR cannot tell."""
-    gates = f"{DEV_CONFIG_PATH}.featureGates"
+    gates = GATES_PATH
     if kubevirt is None:
         return [Finding(Rule.FEATURE_GATE, gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
@@ -264,11 +265,10 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
             f"{where}: cannot tell whether {FEATURE_GATE} is on ({reading.reason}); KubeVirt "
             f"itself rejects this VMIM if it is off: list {FEATURE_GATE} in {gates} to be sure"),
             Severity.ADVISORY)]
-    disabled = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
-    if "disabledFeatureGates" in reading.reason:
-        return [Finding(Rule.FEATURE_GATE, disabled,
+    if reading.path == DISABLED_GATES_PATH:
+        return [Finding(Rule.FEATURE_GATE, DISABLED_GATES_PATH,
                         f"{where} disables {FEATURE_GATE} ({reading.reason}): remove it from "
-                        f"{disabled}")]
+                        f"{DISABLED_GATES_PATH}")]
     return [Finding(Rule.FEATURE_GATE, gates,
                     f"{where}: {FEATURE_GATE} is off ({reading.reason}): add {FEATURE_GATE} "
                     f"to {gates}")]
