@@ -25,7 +25,7 @@ class ReconcilerMetrics:
         self.ca_sync = Counter(
             "dlm_guard_ca_sync_total",
             "CA sync outcomes per managed cluster and pass "
-            "(in-sync, pending, held, created, updated, dry-run, skipped, error)",
+            "(in-sync, pending, created, updated, dry-run, skipped, error)",
             ["cluster", "result"], registry=r)
         self.ca_sync_errors = Counter(
             "dlm_guard_ca_sync_errors_total", "CA sync writes that failed", registry=r)

@@ -38,11 +38,6 @@ from reconciler.gather import CaSnapshot
 # A flap repeats every few seconds: the Warning Event and log line repeat at most this often per
 # (cluster, peer); the counter counts every re-add.
 WARN_INTERVAL = timedelta(hours=1)
-# After a re-add, the same CA waits this long before it is written again. Re-adding at once buys
-# trust for the moment between two virt-operator reconciles and costs five ConfigMap writes per
-# cycle (ours, virt-operator's merge, drop and two inbox resets); the wait also bounds how late
-# the CA comes back once the local CA has rotated and merged CAs stay again.
-READD_HOLD = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,6 @@ class CaHistory:
     delivered: dict[str, set[str]] = field(default_factory=dict)  # cluster -> fingerprints
     merged: dict[str, set[str]] = field(default_factory=dict)  # cluster -> evidence of merge
     warned_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
-    readded_at: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (cluster, fp)
 
 
 def observe(history: CaHistory, snapshots: Mapping[str, CaSnapshot | None],
@@ -83,14 +77,6 @@ def observe(history: CaHistory, snapshots: Mapping[str, CaSnapshot | None],
         merged = (history.merged.get(name, set()) | present | drained) & wanted
         history.merged[name] = merged
         history.delivered[name] = (delivered - drained - present) & wanted
-        history.readded_at = {key: when for key, when in history.readded_at.items()
-                              if key[0] != name or key[1] in wanted}
-
-
-def held(history: CaHistory, cluster: str, now: datetime) -> frozenset[str]:
-    """The CAs re-added to `cluster` less than READD_HOLD ago: not to be written yet."""
-    return frozenset(fp for (name, fp), when in history.readded_at.items()
-                     if name == cluster and now - when < READD_HOLD)
 
 
 def readds(history: CaHistory, cluster: str, fingerprints: Iterable[str],
@@ -109,7 +95,6 @@ def record_write(history: CaHistory, cluster: str, fingerprints: Iterable[str],
     history.delivered.setdefault(cluster, set()).update(written)
     history.merged[cluster] = history.merged.get(cluster, set()) - written
     for readd in found:
-        history.readded_at[(readd.cluster, readd.fingerprint)] = now
         if readd.warn:
             history.warned_at[(readd.cluster, readd.peer)] = now
 

@@ -46,7 +46,7 @@ from certs.bundle import (
 from certs.bundle import earliest_not_after as _earliest
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
 from reconciler.gather import CaSnapshot, ConfigMapState
-from reconciler.readd import READD_HOLD, CaHistory, Readd, held, observe, readds
+from reconciler.readd import CaHistory, Readd, observe, readds
 
 
 class Outcome(StrEnum):
@@ -57,7 +57,6 @@ class Outcome(StrEnum):
     PENDING = "pending"  # the inbox already holds exactly the missing certificates
     WRITE = "write"  # the inbox must be (re)written
     SKIPPED = "skipped"  # cannot decide for this cluster this pass (reason in detail)
-    HELD = "held"  # only CAs virt-operator keeps dropping are missing: re-added later
 
 
 # Entries left out in normal operation (rotation leaves expired CAs behind for a while).
@@ -160,13 +159,10 @@ def decide_trust(snapshots: Mapping[str, CaSnapshot | None], managed: frozenset[
     peers = {name: cas for name, snap in sorted(snapshots.items())
              if snap is not None and (cas := peer_cas(snap, now, max_count)) is not None}
     offered = {name: cas.offered(own_ca_only) for name, cas in peers.items()}
-    if history is not None:
-        observe(history, snapshots, _wanted(snapshots, offered))
-    decisions = tuple(_decide_cluster(name, snapshots, offered, max_count,
-                                      held(history, name, now) if history else frozenset())
+    decisions = tuple(_decide_cluster(name, snapshots, offered, max_count)
                       for name in sorted(managed & set(snapshots)))
     if history is not None:
-        decisions = _with_readds(decisions, peers, offered, history, now)
+        decisions = _with_readds(decisions, snapshots, peers, offered, history, now)
     pairs = [(cluster, peer, cas) for cluster in sorted(managed & set(snapshots))
              for peer, cas in peers.items() if peer != cluster]
     expiry = {(cluster, peer): when for cluster, peer, cas in pairs
@@ -178,7 +174,7 @@ def decide_trust(snapshots: Mapping[str, CaSnapshot | None], managed: frozenset[
 
 def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                     offered: Mapping[str, tuple[x509.Certificate, ...]],
-                    max_count: int, held: frozenset[str] = frozenset()) -> ClusterTrust:
+                    max_count: int) -> ClusterTrust:
     snapshot = snapshots[name]
     unknown = tuple(sorted(n for n, s in snapshots.items() if s is None and n != name))
     if snapshot is None:
@@ -194,16 +190,10 @@ def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                             unknown_peers=unknown)
     wanted = [cert for peer, certs in offered.items() if peer != name for cert in certs]
     present = parse_bundle(snapshot.kubevirt_ca.bundle).certificates
-    missing_all = normalize(missing_from(wanted, present), max_count)
-    missing = [cert for cert in missing_all if fingerprint(cert) not in held]
+    missing = normalize(missing_from(wanted, present), max_count)
     prints = tuple(fingerprint(cert) for cert in missing)
-    if not missing_all:
-        return ClusterTrust(name, Outcome.IN_SYNC, unknown_peers=unknown)
     if not missing:
-        return ClusterTrust(name, Outcome.HELD,
-                            f"{len(missing_all)} CA certificate(s) that virt-operator keeps "
-                            f"dropping: re-added at most every {READD_HOLD}",
-                            tuple(fingerprint(c) for c in missing_all), unknown_peers=unknown)
+        return ClusterTrust(name, Outcome.IN_SYNC, unknown_peers=unknown)
     if snapshot.external_ca is not None and inbox_holds(snapshot.external_ca, prints):
         return ClusterTrust(name, Outcome.PENDING, "waiting for virt-operator to merge the inbox",
                             prints, unknown_peers=unknown)
@@ -215,15 +205,12 @@ def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                         write, unknown)
 
 
-def _wanted(snapshots: Mapping[str, CaSnapshot | None],
-            offered: Mapping[str, tuple[x509.Certificate, ...]]) -> dict[str, set[str]]:
-    return {name: {fingerprint(c) for peer, certs in offered.items() if peer != name
-                   for c in certs} for name in snapshots}
-
-
-def _with_readds(decisions: tuple[ClusterTrust, ...], peers: Mapping[str, PeerCAs],
-                 offered: Mapping[str, tuple[x509.Certificate, ...]], history: CaHistory,
-                 now: datetime) -> tuple[ClusterTrust, ...]:
+def _with_readds(decisions: tuple[ClusterTrust, ...], snapshots: Mapping[str, CaSnapshot | None],
+                 peers: Mapping[str, PeerCAs], offered: Mapping[str, tuple[x509.Certificate, ...]],
+                 history: CaHistory, now: datetime) -> tuple[ClusterTrust, ...]:
+    wanted = {name: {fingerprint(c) for peer, certs in offered.items() if peer != name
+                     for c in certs} for name in snapshots}
+    observe(history, snapshots, wanted)
     result = []
     for decision in decisions:
         write = decision.write

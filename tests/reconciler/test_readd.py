@@ -18,15 +18,8 @@ from controlplane.virt_operator_standin import pem_in_order
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
 from dlm_guard.rotation import CaRotation, RotationProblem, Source
 from reconciler.gather import CaSnapshot, ConfigMapState
-from reconciler.readd import (
-    READD_HOLD,
-    WARN_INTERVAL,
-    CaHistory,
-    Readd,
-    flap_message,
-    record_write,
-)
-from reconciler.trust import CaWrite, ClusterTrust, Outcome, decide_trust
+from reconciler.readd import WARN_INTERVAL, CaHistory, Readd, flap_message, record_write
+from reconciler.trust import CaWrite, decide_trust
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -48,26 +41,23 @@ def snap(cluster: str, bundle: list[x509.Certificate], inbox: list[x509.Certific
 
 
 class Passes:
-    """Successive passes over east (managed) and west (read-only) with one memory; each pass
-    READD_HOLD after the previous one unless `soon`."""
+    """Successive passes over east (managed) and west (read-only) with one memory."""
 
     def __init__(self) -> None:
         self.history = CaHistory()
         self.now = NOW
-        self.last: ClusterTrust | None = None
 
     def run(self, east_bundle: list[x509.Certificate], east_inbox: list[x509.Certificate] | None,
-            west: list[x509.Certificate], *, write_ok: bool = True, soon: bool = False,
-            ) -> CaWrite | None:
-        snapshots: dict[str, CaSnapshot | None] = {"east": snap("east", east_bundle, east_inbox),
-                                                   "west": snap("west", west, [])}
+            west: list[x509.Certificate], *, write_ok: bool = True,
+            west_reachable: bool = True) -> CaWrite | None:
+        snapshots = {"east": snap("east", east_bundle, east_inbox),
+                     "west": snap("west", west, []) if west_reachable else None}
         plan = decide_trust(snapshots, frozenset({"east"}), self.now, history=self.history)
-        self.last = plan.clusters[0]
-        write = self.last.write
+        write = next((w for w in plan.writes), None)
         if write is not None and write_ok:
             record_write(self.history, write.cluster, write.fingerprints, write.readded,
                          self.now)
-        self.now += timedelta(seconds=5) if soon else READD_HOLD
+        self.now += timedelta(seconds=5)
         return write
 
 
@@ -97,28 +87,12 @@ def test_every_cycle_counts_once_and_the_warning_repeats_only_hourly():
     e, w = ca("east"), ca("west")
     p = Passes()
     p.run([e], [], [w])
-    cycles = [p.run([e], [], [w]) for _ in range(4)]  # READD_HOLD apart
+    cycles = [p.run([e], [], [w]) for _ in range(4)]
     assert all(c is not None and len(c.readded) == 1 for c in cycles)
     assert [c.readded[0].warn for c in cycles if c is not None] == [True, False, False, False]
     p.now += WARN_INTERVAL
     later = p.run([e], [], [w])
     assert later is not None and later.readded[0].warn
-
-
-def test_a_readded_ca_waits_before_it_is_written_again_and_others_are_not_held():
-    e, w, x = ca("east"), ca("west"), ca("west-next")
-    p = Passes()
-    p.run([e], [], [w], soon=True)
-    assert p.run([e], [], [w], soon=True) is not None  # the re-add
-    assert p.run([e], [], [w], soon=True) is None  # dropped again at once: held
-    assert p.last is not None and p.last.outcome is Outcome.HELD
-    assert p.last.missing == (fingerprint(w),)
-    # A CA that is missing for another reason is still written at once, without the held one.
-    other = p.run([e], [], [w, x], soon=True)
-    assert other is not None and other.fingerprints == (fingerprint(x),)
-    p.now += READD_HOLD
-    later = p.run([e, x], [], [w, x])
-    assert later is not None and later.fingerprints == (fingerprint(w),) and later.readded
 
 
 def test_no_readd_while_the_delivery_waits_in_the_inbox_or_stays_merged():
