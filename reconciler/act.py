@@ -8,7 +8,7 @@
 - Every write gets a core/v1 Event on the object, a log line and a counter. A write that puts
   back CAs virt-operator had merged and dropped (reconciler/readd.py) is counted in
   dlm_guard_ca_readded_total and, at most hourly per (cluster, peer), gets a Warning Event and a
-  log line naming the fix instead: in a flap those writes repeat every few seconds.
+  log line naming the fix instead: in a flap those writes repeat about every 10 seconds.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Actor:
             log.error("CA sync failed", extra=context | {"error": result.detail})
         elif result.outcome in ("created", "updated", "dry-run"):
             verb = "would write" if self._dry_run else "wrote"
-            # A flap repeats this every few seconds; its Warning says it hourly instead.
+            # A flap repeats this about every 10 s; its Warning says it hourly instead.
             level = logging.DEBUG if write.readded else logging.INFO
             log.log(level, f"{verb} missing peer CAs into the inbox",
                     extra=context | {"result": result.outcome})

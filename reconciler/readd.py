@@ -3,10 +3,13 @@ merged it into that cluster's kubevirt-ca and then dropped it.
 
 Why it happens (docs/kubevirt-facts.md, "CA trust that flaps"): virt-operator's `MergeCABundle`
 drops every merged CA once its own CA is older than renewBefore, and with the default rotation
-(7 days, renewBefore 20 %) that is most of the time. Each drop is a change of kubevirt-ca, which
-re-triggers both virt-operator and us, so the re-adding is a tight loop and trust holds only
-moments at a time. The fix is on the KubeVirt side (`renewBefore >= duration / 2`), so the job
-here is to notice, count and say so.
+(7 days, renewBefore 20 %) that is 4.2 of every 5.6 days. Each merge is a change of kubevirt-ca,
+which re-triggers virt-operator (5 s later: `defaultAddDelay` in pkg/virt-operator/kubevirt.go)
+and that reconcile drops the CA again; we see the drop and re-add it. So the loop turns about
+every 10 s and the peer's CA is trusted about half the time. Re-adding at once is kept on
+purpose: waiting longer would only lower that share, and the loop costs about one write per
+second across both controllers. The fix is on the KubeVirt side (`renewBefore >= duration / 2`),
+so the job here is to notice, count and say so.
 
 Evidence that a CA `fp` was merged into cluster C (either is enough):
 - it was seen in C's kubevirt-ca;
@@ -14,8 +17,9 @@ Evidence that a CA `fp` was merged into cluster C (either is enough):
   from kubevirt-ca (virt-operator empties the inbox only after merging it: `cleanupExternalCACerts`
   after `createOrUpdateKubeVirtCAConfigMap` in pkg/virt-operator/resource/apply/core.go). This
   catches merge-and-drop pairs faster than one pass, which never show the merged bundle.
-A write that carries `fp` while there is such evidence is a re-add. A successful write clears
-the evidence, so each further cycle needs fresh evidence and counts once.
+A write that carries `fp` while there is such evidence is a re-add, counted when `fp` is the CA a
+peer signs with now (reconciler/trust.py `current_cas` says why only those). A successful write
+clears the evidence, so each further cycle needs fresh evidence and counts once.
 
 The memory lives in the process. Where else it could live was checked upstream: virt-operator
 replaces the metadata of both CA ConfigMaps on every reconcile (an Update of kubevirt-external-ca
@@ -35,7 +39,7 @@ from certs.bundle import fingerprint, parse_bundle
 from dlm_guard.rotation import FIX, SETTINGS_PATH, CaRotation, RotationProblem
 from reconciler.gather import CaSnapshot
 
-# A flap repeats every few seconds: the Warning Event and log line repeat at most this often per
+# A flap repeats about every 10 s: the Warning Event and log line repeat at most this often per
 # (cluster, peer); the counter counts every re-add.
 WARN_INTERVAL = timedelta(hours=1)
 
@@ -80,10 +84,11 @@ def observe(history: CaHistory, snapshots: Mapping[str, CaSnapshot | None],
 
 
 def readds(history: CaHistory, cluster: str, fingerprints: Iterable[str],
-           owners: Mapping[str, str], now: datetime) -> tuple[Readd, ...]:
-    """The certificates of a write to `cluster` that had been merged there before."""
+           current: Mapping[str, str], now: datetime) -> tuple[Readd, ...]:
+    """The peers' current CAs (`current`: fingerprint -> peer) among the certificates of a write
+    to `cluster` that had been merged there before."""
     merged = history.merged.get(cluster, set())
-    found = [(owners.get(fp, "-"), fp) for fp in fingerprints if fp in merged]
+    found = [(current[fp], fp) for fp in fingerprints if fp in merged and fp in current]
     return tuple(Readd(cluster, peer, fp, _warn_due(history, cluster, peer, now))
                  for peer, fp in sorted(found))
 

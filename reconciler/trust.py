@@ -216,28 +216,19 @@ def _with_readds(decisions: tuple[ClusterTrust, ...], snapshots: Mapping[str, Ca
         write = decision.write
         if write is not None:
             found = readds(history, write.cluster, write.fingerprints,
-                           fingerprint_owners(peers, offered, write.cluster), now)
+                           current_cas(peers, write.cluster), now)
             decision = replace(decision, write=replace(write, readded=found))
         result.append(decision)
     return tuple(result)
 
 
-def fingerprint_owners(peers: Mapping[str, PeerCAs],
-                       offered: Mapping[str, tuple[x509.Certificate, ...]],
-                       cluster: str) -> dict[str, str]:
-    """Whose CA each offered certificate is: the peer that signs with it, else the first peer
-    (by name) that offers it (a peer's bundle also holds CAs it merged from others)."""
-    owners: dict[str, str] = {}
-    for peer, certs in offered.items():
-        if peer != cluster:
-            for cert in certs:
-                owners.setdefault(fingerprint(cert), peer)
-    for peer, cas in peers.items():
-        if peer != cluster and cas.current is not None:
-            print_ = fingerprint(cas.current)
-            if print_ in owners:
-                owners[print_] = peer
-    return owners
+def current_cas(peers: Mapping[str, PeerCAs], cluster: str) -> dict[str, str]:
+    """fingerprint -> peer, for the CA each peer of `cluster` signs with now. Only their re-adds
+    say that trust flaps: a peer's previous CA is dropped by design once the overlap is over (and
+    then also when it sorts behind an older CA), and the peer's components already carry leaf
+    certificates of its current CA (virt-operator re-issues them when the CA changes)."""
+    return {fingerprint(cas.current): peer for peer, cas in peers.items()
+            if peer != cluster and cas.current is not None}
 
 
 def inbox_holds(inbox: ConfigMapState, prints: tuple[str, ...]) -> bool:

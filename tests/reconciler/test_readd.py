@@ -156,6 +156,17 @@ def test_the_readd_names_the_peer_whose_current_ca_it_is():
         ("west", fingerprint(w)), ("third", fingerprint(x))}
 
 
+def test_a_peers_previous_ca_dropped_after_the_overlap_is_re_added_but_not_counted():
+    """Upstream drops a peer's previous CA by design; only its current CA matters for trust."""
+    e, w_new, w_old = ca("east"), ca("west-new"), ca("west-old")
+    p = Passes()
+    p.run([e], [], [w_new, w_old])
+    p.run([e, w_new, w_old], [], [w_new, w_old])
+    again = p.run([e, w_new], [], [w_new, w_old])
+    assert again is not None and again.fingerprints == (fingerprint(w_old),)
+    assert again.readded == ()
+
+
 def test_flap_message_names_the_fix_and_the_current_values():
     vanilla = CaRotation(7 * DAY, timedelta(hours=33, minutes=36), Source.DEFAULT, Source.DEFAULT)
     text = flap_message("east", ["west"], vanilla)
