@@ -7,6 +7,7 @@ the keys we read and write, and the volume checks. Upstream facts are cited from
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,8 +40,6 @@ RESTORABLE_RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "On
 
 # --- Feature gate ---------------------------------------------------------------------
 FEATURE_GATE = "DecentralizedLiveMigration"
-# Alpha v1.6..v1.9 (opt-in), Beta from v1.10 (on unless disabled).
-FEATURE_GATE_BETA_VERSION = (1, 10)
 
 # --- CA ConfigMaps in the KubeVirt install namespace ----------------------------------
 DEFAULT_KUBEVIRT_NAMESPACE = "kubevirt"
@@ -59,6 +58,26 @@ VMI_PHASE_RUNNING = "Running"
 # A label value: <= 63 chars, alphanumeric at both ends (k8s validation.IsValidLabelValue).
 LABEL_VALUE_MAX = 63
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class Rule(StrEnum):
+    """Every rule slug (DESIGN.md's public contract): findings, policy keys and messages."""
+
+    BOTH_ROLES = "both-roles"
+    VMI_NAME = "vmi-name"
+    MIGRATION_ID = "migration-id"
+    CONNECT_URL = "connect-url"
+    IMMUTABLE_SPEC = "immutable-spec"
+    SHAREABLE_DISK = "shareable-disk"
+    LUN_DISK = "lun-disk"
+    FILESYSTEM = "filesystem"
+    PERSISTENT_STATE = "persistent-state"
+    RESTORE_RUN_STRATEGY = "restore-run-strategy"
+    DUPLICATE_MIGRATION_ID = "duplicate-migration-id"
+    RECEIVER_VMI = "receiver-vmi"
+    SOURCE_VMI = "source-vmi"
+    FEATURE_GATE = "feature-gate"
+    LEGACY_RUNNING = "legacy-running"
 
 
 class Role(StrEnum):
@@ -148,12 +167,31 @@ def spec_migration_id(vmim: Obj, role: Role) -> str | None:
 
 
 def migration_id(vmim: Obj) -> str | None:
-    """migrationID used for pairing: our label when present, else the spec (issue #5)."""
+    """The migrationID that pairs the two sides: the spec's, never our label.
+
+    Upstream pairs by the spec's migrationID (any non-empty string), and our label may be
+    a hash of it, so a label can neither pair nor be trusted to match the spec.
+    """
     role = migration_role(vmim)
     if role is None:
         return None
-    label = labels_of(vmim).get(LABEL_MIGRATION_ID)
-    return label or spec_migration_id(vmim, role) or None
+    return spec_migration_id(vmim, role) or None
+
+
+LABEL_HASH_PREFIX = "sha256-"
+_LABEL_HASH_HEX = LABEL_VALUE_MAX - len(LABEL_HASH_PREFIX)  # 56 hex digits: a 63-char label
+
+
+def migration_id_label(mid: str) -> str:
+    """The `dlm-guard.io/migration-id` label value for a migrationID.
+
+    The ID itself when it is a valid label value, else `sha256-` + the first 56 hex digits
+    of its SHA-256, so both clusters derive the same label from the same ID (Forklift's
+    73-character `<vm uid>-<migration uid>` IDs take the hash form).
+    """
+    if is_valid_label_value(mid):
+        return mid
+    return LABEL_HASH_PREFIX + hashlib.sha256(mid.encode()).hexdigest()[:_LABEL_HASH_HEX]
 
 
 def vmi_name(vmim: Obj) -> str:
@@ -191,36 +229,95 @@ def migration_failed_on_vmi(vmi: Obj) -> bool:
 
 
 # --- Feature gate ---------------------------------------------------------------------
-def parse_version(text: str) -> tuple[int, int] | None:
-    match = re.match(r"^v?(\d+)\.(\d+)", text or "")
+class GateState(StrEnum):
+    """What the KubeVirt CR says about DecentralizedLiveMigration."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"  # the version is not one whose gate state we know: never "off"
+
+
+@dataclass(frozen=True, slots=True)
+class GateReading:
+    """The gate's state and why, naming the list or the version string it was read from."""
+
+    state: GateState
+    reason: str
+
+
+DEV_CONFIG_PATH = "spec.configuration.developerConfiguration"
+VERSION_PATH = "status.observedKubeVirtVersion"
+# A release tag (`v1.7.2`) or release candidate (`v1.9.0-rc.1`), nothing else: `git describe`
+# strings of other builds (`v1.9.0-beta.0-1264-gd923fdb815`), `latest` and alpha/beta tags say
+# nothing certain about the gate (docs/kubevirt-facts.md, "Feature gate").
+_RELEASE_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-rc\.(\d+))?$")
+# Release lines whose every release and rc registers the gate as Alpha (off unless listed).
+GATE_ALPHA_LINES = frozenset({(1, 6), (1, 7), (1, 8), (1, 9)})
+GATE_FIRST_LINE = (1, 6)  # no release before v1.6.0 has decentralized live migration
+
+
+def release_line(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a release or rc tag, None for any other version string."""
+    match = _RELEASE_RE.match(version)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _lists(value: Any, item: str) -> bool:
-    return isinstance(value, list) and item in value
+def _gate_listed(dev_config: Any, field: str) -> bool:
+    listed = get_path(dev_config, field)
+    return isinstance(listed, list) and FEATURE_GATE in listed
 
 
-def feature_gate_enabled(kubevirt: Obj) -> bool | None:
-    """Whether DecentralizedLiveMigration is on; None when the version cannot tell."""
+def feature_gate_state(kubevirt: Obj) -> GateReading:
+    """DecentralizedLiveMigration on, off or cannot tell, from a KubeVirt CR.
+
+    Upstream precedence (featuregate.IsEnabled): an explicit enable wins over an explicit
+    disable, which wins over the gate's default (Alpha: off, Beta: on). The default depends
+    on the build, so only a release or rc we know to be Alpha reads as off.
+    """
     dev = get_path(kubevirt, "spec", "configuration", "developerConfiguration")
-    if _lists(get_path(dev, "featureGates"), FEATURE_GATE):
-        return True
-    if _lists(get_path(dev, "disabledFeatureGates"), FEATURE_GATE):
-        return False
-    version = parse_version(str(get_path(kubevirt, "status", "observedKubeVirtVersion") or ""))
-    if version is None:
-        return None
-    return version >= FEATURE_GATE_BETA_VERSION
+    if _gate_listed(dev, "featureGates"):
+        return GateReading(GateState.ON, f"listed in {DEV_CONFIG_PATH}.featureGates")
+    if _gate_listed(dev, "disabledFeatureGates"):
+        return GateReading(GateState.OFF, f"listed in {DEV_CONFIG_PATH}.disabledFeatureGates")
+    return _gate_default(get_path(kubevirt, "status", "observedKubeVirtVersion"))
+
+
+def _gate_default(version: Any) -> GateReading:
+    if not isinstance(version, str) or not version:
+        return GateReading(GateState.UNKNOWN, f"{VERSION_PATH} is not set")
+    line = release_line(version)
+    shown_version = repr(version[:80])
+    if line in GATE_ALPHA_LINES:
+        return GateReading(GateState.OFF, (
+            f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} "
+            f"{shown_version} is a release where {FEATURE_GATE} is Alpha (off unless listed)"))
+    if line is not None and line < GATE_FIRST_LINE:
+        return GateReading(GateState.OFF, (
+            f"{VERSION_PATH} {shown_version} is older than v1.6.0, the first release with "
+            f"{FEATURE_GATE}"))
+    return GateReading(GateState.UNKNOWN, (
+        f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} {shown_version} is "
+        f"not a release whose default for {FEATURE_GATE} dlm-guard knows (Alpha in v1.6 to "
+        "v1.9, Beta on main since June 2026)"))
 
 
 # --- Volume checks (SPEC.md §3) -------------------------------------------------------
+class Severity(StrEnum):
+    """How far a finding can go: the policy's mode applies to a violation; an advisory is at
+    most a warning, even under `enforce` (what dlm-guard cannot know for sure never denies)."""
+
+    VIOLATION = "violation"
+    ADVISORY = "advisory"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One problem: the rule slug, the JSON field path it is about, and what to do."""
 
-    rule: str
+    rule: Rule
     path: str
     message: str
+    severity: Severity = Severity.VIOLATION
 
     def __str__(self) -> str:
         return f"[{self.rule}] {self.path}: {self.message}"
@@ -249,21 +346,50 @@ def volume_findings(vmi_spec: Obj, prefix: str) -> list[Finding]:
         disk_path = f"{base}.devices.disks[{index}]"
         if disk.get("shareable") is True:
             findings.append(Finding(
-                "shareable-disk", f"{disk_path}.shareable",
+                Rule.SHAREABLE_DISK, f"{disk_path}.shareable",
                 f"disk {disk.get('name', index)!r} is shareable; decentralized live migration "
                 "does not support shareable disks: remove shareable or migrate another way"))
         if "lun" in disk:
             findings.append(Finding(
-                "lun-disk", f"{disk_path}.lun",
+                Rule.LUN_DISK, f"{disk_path}.lun",
                 f"disk {disk.get('name', index)!r} is a LUN disk; decentralized live migration "
                 "does not support LUN disks: use a disk (bus virtio/sata/scsi) instead"))
-    filesystems = get_path(domain, "devices", "filesystems")
-    if isinstance(filesystems, list) and filesystems:
-        findings.append(Finding(
-            "filesystem", f"{base}.devices.filesystems",
-            "filesystem devices (virtiofs) cannot be live-migrated across clusters: "
-            "remove devices.filesystems before migrating"))
+    findings.extend(_filesystem_findings(vmi_spec, domain, base))
     findings.extend(_persistent_state_findings(domain, base))
+    return findings
+
+
+# Volume sources whose data lives in a PVC: virtiofs shares of these are the ones that cannot
+# move (docs/kubevirt-facts.md, "Filesystems"). Every other source virtiofs can share (ConfigMap,
+# Secret, ServiceAccount, DownwardAPI) is rebuilt on the target and migrates since v1.5.
+PVC_VOLUME_SOURCES = ("persistentVolumeClaim", "dataVolume")
+
+
+def _volumes_by_name(vmi_spec: Obj) -> dict[str, Obj]:
+    volumes = get_path(vmi_spec, "volumes")
+    if not isinstance(volumes, list):
+        return {}
+    return {str(v.get("name")): v for v in volumes if isinstance(v, Mapping)}
+
+
+def _filesystem_findings(vmi_spec: Obj, domain: Obj, base: str) -> list[Finding]:
+    filesystems = get_path(domain, "devices", "filesystems")
+    if not isinstance(filesystems, list):
+        return []
+    volumes = _volumes_by_name(vmi_spec)
+    findings = []
+    for index, filesystem in enumerate(filesystems):
+        name = str(get_path(filesystem, "name") or "")
+        volume = volumes.get(name, {})
+        source = next((key for key in PVC_VOLUME_SOURCES if volume.get(key) is not None), None)
+        if source is None:
+            continue
+        findings.append(Finding(
+            Rule.FILESYSTEM, f"{base}.devices.filesystems[{index}]",
+            f"filesystem {name!r} shares a {source} volume over virtiofs; decentralized live "
+            "migration copies disks, not virtiofs shares, so its data would not reach the "
+            "target: attach the PVC as a disk, or copy its data another way (virtiofs shares "
+            "of ConfigMaps, Secrets, ServiceAccount and DownwardAPI volumes migrate)"))
     return findings
 
 
@@ -274,10 +400,10 @@ def _persistent_state_findings(domain: Obj, base: str) -> list[Finding]:
               "copied when its PVC is ReadWriteMany on both sides")
     findings = []
     if get_path(domain, "devices", "tpm", "persistent") is True:
-        findings.append(Finding("persistent-state", f"{base}.devices.tpm.persistent",
+        findings.append(Finding(Rule.PERSISTENT_STATE, f"{base}.devices.tpm.persistent",
                                 f"persistent vTPM: {advice}"))
     if get_path(domain, "firmware", "bootloader", "efi", "persistent") is True:
-        findings.append(Finding("persistent-state",
+        findings.append(Finding(Rule.PERSISTENT_STATE,
                                 f"{base}.firmware.bootloader.efi.persistent",
                                 f"persistent EFI: {advice}"))
     return findings
