@@ -2,7 +2,7 @@
 
 Each returns one CheckResult (per cluster, or per ordered pair for trust). Something doctor
 could not read is a WARN ("cannot tell"), never a FAIL on its own. Upstream facts behind each
-check: docs/kubevirt-facts.md and docs/ca-rotation-facts.md.
+check: docs/kubevirt-facts.md ("Feature gate", "CA trust that flaps").
 """
 
 from __future__ import annotations
