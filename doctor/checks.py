@@ -198,8 +198,8 @@ def check_webhooks_registered(snap: ClusterSnapshot) -> CheckResult:
                            "grant list on admissionregistration.k8s.io webhook configurations")
     mutating, validating = our_entries(snap.mutating), our_entries(snap.validating)
     if mutating and validating:
-        names = ", ".join(str(c.get("metadata", {}).get("name"))
-                          for c in (*snap.mutating, *snap.validating))
+        names = ", ".join(sorted({str(get_path(c, "metadata", "name"))
+                                  for c in (*snap.mutating, *snap.validating)}))
         return CheckResult("webhooks", snap.name, Status.OK,
                            f"{len(mutating)} mutating and {len(validating)} validating "
                            f"dlm-guard webhooks registered ({names})")
