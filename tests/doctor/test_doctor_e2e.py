@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -229,6 +231,15 @@ def test_a_healthy_pair_is_all_ok_and_exits_0(pair, capsys):
                       "reconciler-peers"):
             assert (check, scope) in checks
     assert ("ca-trust", "a->b") in checks and ("ca-trust", "b->a") in checks
+
+
+def test_the_dlm_guard_command_exits_0_on_the_healthy_pair(pair):
+    done = subprocess.run([sys.executable, "-m", "dlm_guard", "doctor",
+                           "--cluster", f"a={pair.a.cluster.kubeconfig}",
+                           "--cluster", f"b={pair.b.cluster.kubeconfig}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "20 ok, 0 warn, 0 fail"
 
 
 def test_text_output_has_one_line_per_check_and_the_fix(pair, capsys):
