@@ -9,6 +9,7 @@ notice that it writes the same CA again, count it, and say what to change.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -113,7 +114,7 @@ def readded(metrics: ReconcilerMetrics, cluster: str, peer: str) -> float | None
                                              {"cluster": cluster, "peer": peer})
 
 
-def test_a_ca_merged_and_dropped_by_virt_operator_is_counted_and_explained(pair):
+def test_a_ca_merged_and_dropped_by_virt_operator_is_counted_and_explained(pair, caplog):
     # east's CA is 2 days old: older than the vanilla overlap, so merged CAs are dropped.
     east, west = sites(pair)
     east.install(None)
@@ -144,6 +145,12 @@ def test_a_ca_merged_and_dropped_by_virt_operator_is_counted_and_explained(pair)
         assert "renewBefore >= duration / 2" in warning.message
         assert "spec.certificateRotateStrategy.selfSigned.ca" in warning.message
         assert "east has duration=7d (default), renewBefore=1d9h36m (default)" in warning.message
+        [line] = [r for r in caplog.records if r.levelno == logging.WARNING
+                  and r.getMessage().startswith("CA trust flaps")]
+        assert "renewBefore >= duration / 2 in the KubeVirt CR " \
+               "spec.certificateRotateStrategy.selfSigned.ca" in line.getMessage()
+        assert vars(line)["current"] == "duration=7d (default), renewBefore=1d9h36m (default)"
+        assert (vars(line)["cluster"], vars(line)["peers"]) == ("east", "west")
 
         # Merge and drop faster than a pass (two reconciles back to back): still caught.
         east.virt_operator(VANILLA_OVERLAP)
