@@ -206,6 +206,11 @@ def check_webhooks_registered(snap: ClusterSnapshot) -> CheckResult:
     absent = [kind for kind, found in (("MutatingWebhookConfiguration", mutating),
                                        ("ValidatingWebhookConfiguration", validating))
               if not found]
+    if not validating and isinstance(snap.policies, tuple) and snap.policies:
+        return CheckResult("webhooks", snap.name, Status.WARN,
+                           f"no dlm-guard webhooks in any {' or '.join(absent)}, only the CEL "
+                           "policies: the rules that need cluster state and the mutations "
+                           "do not run", "install the webhooks too (the chart does)")
     return CheckResult("webhooks", snap.name, Status.FAIL,
                        f"no dlm-guard webhooks (*.{WEBHOOK_SUFFIX}) in any "
                        f"{' or '.join(absent)}",

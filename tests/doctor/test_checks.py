@@ -214,6 +214,9 @@ def test_webhooks_registered() -> None:
     assert check_webhooks_registered(snap("a", validating=foreign)).status is Status.FAIL
     assert check_webhooks_registered(snap("a", mutating=Unknown("HTTP 403"))).status \
         is Status.WARN
+    cel_only = check_webhooks_registered(snap("a", mutating=(), validating=(), policies=(
+        {"metadata": {"name": "dlm-guard-migration-id"}},)))
+    assert cel_only.status is Status.WARN and "only the CEL policies" in cel_only.message
 
 
 @pytest.mark.parametrize(("entries", "status"), [
