@@ -7,9 +7,9 @@ drops every merged CA once its own CA is older than renewBefore, and with the de
 which re-triggers virt-operator (5 s later: `defaultAddDelay` in pkg/virt-operator/kubevirt.go)
 and that reconcile drops the CA again; we see the drop and re-add it. So the loop turns about
 every 10 s and the peer's CA is trusted about half the time. Re-adding at once is kept on
-purpose: waiting longer would only lower that share, and the loop costs about one write per
-second across both controllers. The fix is on the KubeVirt side (`renewBefore >= duration / 2`),
-so the job here is to notice, count and say so.
+purpose: waiting longer would only lower that share, and the loop costs a few ConfigMap writes
+every 10 s (ours, virt-operator's merge, inbox reset and drop). The fix is on the KubeVirt side
+(`renewBefore >= duration / 2`), so the job here is to notice, count and say so.
 
 Evidence that a CA `fp` was merged into cluster C (either is enough):
 - it was seen in C's kubevirt-ca;
