@@ -5,7 +5,10 @@
   us: re-adding certificates it already merged is harmless, it dedupes by SHA-256).
 - GC deletions carry the uid (and the observed resourceVersion) as preconditions, so a
   re-created or changed object is never deleted on a stale decision.
-- Every write gets a core/v1 Event on the object, a log line and a counter.
+- Every write gets a core/v1 Event on the object, a log line and a counter. A write that puts
+  back CAs virt-operator had merged and dropped (reconciler/readd.py) is counted in
+  dlm_guard_ca_readded_total and, at most hourly per (cluster, peer), gets a Warning Event and a
+  log line naming the fix instead: in a flap those writes repeat about every 10 seconds.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from dlm_guard.domain import (
     Obj,
     get_path,
 )
+from dlm_guard.rotation import FIX, SETTINGS_PATH, CaRotation, RotationProblem, ca_rotation
 from reconciler.clusters import Cluster, decode
 from reconciler.gather import (
     KUBEVIRT_VERSION,
     PLURALS,
     describe_error,
+    list_all,
     read_configmap,
 )
 from reconciler.gc import Deletion
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.readd import flap_message
 from reconciler.trust import CaWrite, inbox_holds
 
 log = logging.getLogger(__name__)
@@ -81,8 +87,10 @@ class Actor:
             log.error("CA sync failed", extra=context | {"error": result.detail})
         elif result.outcome in ("created", "updated", "dry-run"):
             verb = "would write" if self._dry_run else "wrote"
-            log.info(f"{verb} missing peer CAs into the inbox",
-                     extra=context | {"result": result.outcome})
+            # A flap repeats this about every 10 s; its Warning says it hourly instead.
+            level = logging.DEBUG if write.readded else logging.INFO
+            log.log(level, f"{verb} missing peer CAs into the inbox",
+                    extra=context | {"result": result.outcome})
         return result
 
     def _write_ca(self, write: CaWrite) -> ActResult:
@@ -108,12 +116,45 @@ class Actor:
             except Exception as err:  # transport errors
                 return ActResult(False, "error", describe_error(err))
             outcome = "created" if resource_version is None else "updated"
-            self._event(cluster.api, obj, "CATrustSynced",
-                        f"dlm-guard added {len(write.fingerprints)} CA certificate(s) of peer(s) "
-                        f"{', '.join(write.peers) or '-'} for virt-operator to merge into "
-                        "kubevirt-ca")
+            if write.readded:
+                self._report_readded(cluster, obj, write)
+            else:
+                self._event(cluster.api, obj, "CATrustSynced",
+                            f"dlm-guard added {len(write.fingerprints)} CA certificate(s) of "
+                            f"peer(s) {', '.join(write.peers) or '-'} for virt-operator to merge "
+                            "into kubevirt-ca")
             return ActResult(True, outcome)
         return ActResult(False, "error", f"still conflicting after {MAX_ATTEMPTS} attempts")
+
+    def _report_readded(self, cluster: Cluster, inbox: Obj, write: CaWrite) -> None:
+        for readd in write.readded:
+            self._metrics.ca_readded.labels(readd.cluster, readd.peer).inc()
+        warned = [r for r in write.readded if r.warn]
+        if not warned:
+            return
+        settings = self._rotation(cluster)
+        log.warning(f"CA trust flaps: re-added CAs virt-operator had merged and dropped; fix: "
+                    f"{FIX} in the KubeVirt CR {SETTINGS_PATH}",
+                    extra={"cluster": write.cluster,
+                           "peers": ",".join(sorted({r.peer for r in warned})),
+                           "certificates": len(write.readded),
+                           "current": (settings.describe() if isinstance(settings, CaRotation)
+                                       else str(settings))})
+        self._event(cluster.api, inbox, "CATrustFlapping",
+                    flap_message(write.cluster, (r.peer for r in warned), settings),
+                    event_type="Warning")
+
+    def _rotation(self, cluster: Cluster) -> CaRotation | RotationProblem | str:
+        """The cluster's CA rotation settings from its KubeVirt CR, or why they are unknown."""
+        try:
+            items = list_all(k8s.CustomObjectsApi(cluster.api).list_namespaced_custom_object,
+                             KUBEVIRT_GROUP, KUBEVIRT_VERSION, cluster.namespace, "kubevirts",
+                             timeout=self._timeout)
+        except Exception as err:
+            return f"cannot read the KubeVirt CR ({describe_error(err)})"
+        if not items:
+            return f"no KubeVirt CR in namespace {cluster.namespace}"
+        return ca_rotation(items[0])
 
     def _put_inbox(self, api: k8s.ApiClient, write: CaWrite,
                    resource_version: str | None) -> Obj:
@@ -204,13 +245,14 @@ class Actor:
             deletion.name, body=options, _request_timeout=self._timeout)
 
     # --- Events ---------------------------------------------------------------------------
-    def _event(self, api: k8s.ApiClient, obj: Obj, reason: str, message: str) -> None:
+    def _event(self, api: k8s.ApiClient, obj: Obj, reason: str, message: str, *,
+               event_type: str = "Normal") -> None:
         """A core/v1 Event on `obj`; failing to record one never fails the write itself."""
         try:
             k8s.CoreV1Api(api).create_namespaced_event(
                 str(get_path(obj, "metadata", "namespace")),
                 k8s.CoreV1Event.model_validate(event_body(obj, reason, message, self._clock(),
-                                                          self._instance)),
+                                                          self._instance, event_type)),
                 _request_timeout=self._timeout)
         except Exception as err:
             log.warning("cannot record event", extra={"reason": reason,
@@ -218,7 +260,7 @@ class Actor:
 
 
 def event_body(obj: Obj, reason: str, message: str, now: datetime, instance: str,
-               ) -> dict[str, Any]:
+               event_type: str = "Normal") -> dict[str, Any]:
     """Pure: a core/v1 Event about `obj` (firstTimestamp/lastTimestamp, no MicroTime)."""
     meta = obj.get("metadata") or {}
     stamp = now.replace(microsecond=0)
@@ -228,7 +270,7 @@ def event_body(obj: Obj, reason: str, message: str, now: datetime, instance: str
         "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
                            "name": meta.get("name"), "namespace": meta.get("namespace"),
                            "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
-        "reason": reason, "message": message[:1024], "type": "Normal",
+        "reason": reason, "message": message[:1024], "type": event_type,
         "source": {"component": COMPONENT, "host": instance},
         "reportingComponent": COMPONENT, "reportingInstance": instance,
         "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,

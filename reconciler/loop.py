@@ -52,6 +52,7 @@ from reconciler.gc import Deletion, GcMemory, GcSettings, decide_gc
 from reconciler.http import make_app, start_server
 from reconciler.leader import LeaderElector
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.readd import CaHistory, record_write
 from reconciler.settings import LOCAL_CLUSTER, Settings
 from reconciler.trust import ClusterTrust, TrustPlan, decide_trust
 
@@ -88,6 +89,7 @@ class Reconciler:
         self._gc_settings = GcSettings(grace=settings.gc_grace, orphan_ttl=settings.orphan_ttl,
                                        stuck_timeout=settings.stuck_timeout)
         self.gc_memory = GcMemory()
+        self.ca_history = CaHistory()  # evidence of merged-and-dropped CAs (reconciler/readd.py)
         self.backoff = Backoff(maximum=max(settings.resync_period, timedelta(seconds=1)))
         self._reported_problems: dict[str, tuple[str, ...]] = {}
 
@@ -124,14 +126,16 @@ class Reconciler:
                                     for name, error in sorted(gathered.errors.items())])
         managed = frozenset(c.name for c in clusters if c.managed)
         plan = decide_trust(gathered.snapshots, managed, now, self._settings.max_certificates,
-                            own_ca_only=self._settings.trust_own_ca_only)
+                            own_ca_only=self._settings.trust_own_ca_only,
+                            history=self.ca_history)
+        self._metrics.know_pairs(plan.expiry.keys() | plan.latest_expiry.keys())
         self._metrics.set_peer_expiry(plan.expiry)
         self._metrics.set_peer_latest_expiry(plan.latest_expiry)
         self._report_bundle_problems(plan)
         actor = Actor({c.name: c for c in clusters}, dry_run=self._settings.dry_run,
                       timeout=self._settings.api_timeout.total_seconds(),
                       metrics=self._metrics, may_act=self._may_act, clock=self._clock)
-        self._act_trust(actor, plan, report)
+        self._act_trust(actor, plan, report, now)
         return report, actor
 
     def _done(self, report: PassReport, clusters: int, scope: str) -> PassReport:
@@ -139,7 +143,8 @@ class Reconciler:
         log.info("reconcile pass done", extra={**_summary(report, clusters), "scope": scope})
         return report
 
-    def _act_trust(self, actor: Actor, plan: TrustPlan, report: PassReport) -> None:
+    def _act_trust(self, actor: Actor, plan: TrustPlan, report: PassReport,
+                   now: datetime) -> None:
         for decision in plan.clusters:
             if decision.write is None:
                 self._metrics.ca_sync.labels(decision.cluster, decision.outcome.value).inc()
@@ -150,6 +155,10 @@ class Reconciler:
                 continue
             result = actor.write_ca(decision.write)
             report.ca.append((decision, result))
+            if result.outcome in ("created", "updated"):
+                write = decision.write
+                record_write(self.ca_history, write.cluster, write.fingerprints, write.readded,
+                             now)
             if not result.ok:
                 report.errors.append(f"cluster {decision.cluster}: CA sync: {result.detail}")
 

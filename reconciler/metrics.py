@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -29,6 +29,12 @@ class ReconcilerMetrics:
             ["cluster", "result"], registry=r)
         self.ca_sync_errors = Counter(
             "dlm_guard_ca_sync_errors_total", "CA sync writes that failed", registry=r)
+        # Flapping trust: the fix is in the KubeVirt CR (reconciler/readd.py).
+        self.ca_readded = Counter(
+            "dlm_guard_ca_readded_total",
+            "CA certificates written again into a cluster's kubevirt-external-ca after "
+            "virt-operator had merged them into its kubevirt-ca and dropped them",
+            ["cluster", "peer"], registry=r)
         self.cluster_up = Gauge(
             "dlm_guard_cluster_up", "1 when the last pass could read the cluster, else 0",
             ["cluster"], registry=r)
@@ -47,6 +53,12 @@ class ReconcilerMetrics:
 
     def set_peer_latest_expiry(self, expiry: Mapping[tuple[str, str], datetime]) -> None:
         self._replace(self.peer_ca_latest_expiry, {k: v.timestamp() for k, v in expiry.items()})
+
+    def know_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Show the re-add counter at 0 for every (cluster, peer) pair, so that the alert's
+        increase() sees the first re-add too (a series that starts at 1 has no increase)."""
+        for cluster, peer in pairs:
+            self.ca_readded.labels(cluster, peer)
 
     def set_clusters_up(self, up: Mapping[str, bool]) -> None:
         self._replace(self.cluster_up, {(name,): 1.0 if value else 0.0

@@ -28,7 +28,7 @@ migration with it can fail TLS.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -48,6 +48,7 @@ from certs.bundle import (
 from certs.bundle import earliest_not_after as _earliest
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
 from reconciler.gather import CaSnapshot, ConfigMapState
+from reconciler.readd import CaHistory, Readd, observe, readds
 
 
 class Outcome(StrEnum):
@@ -111,6 +112,8 @@ class CaWrite:
     peers: tuple[str, ...]  # whose CAs these are, for the Event and the log
     resource_version: str | None
     name: str = EXTERNAL_CA_CONFIGMAP
+    # Certificates virt-operator had merged and dropped before: trust flaps (reconciler/readd.py).
+    readded: tuple[Readd, ...] = ()
 
     @property
     def create(self) -> bool:
@@ -152,13 +155,16 @@ def peer_cas(snapshot: CaSnapshot, now: datetime, max_count: int) -> PeerCAs | N
 
 def decide_trust(snapshots: Mapping[str, CaSnapshot | None], managed: frozenset[str],
                  now: datetime, max_count: int = MAX_CERTIFICATES_IN_BUNDLE, *,
-                 own_ca_only: bool = False) -> TrustPlan:
-    """The CA writes every managed cluster needs. `snapshots[name] is None`: unreachable."""
+                 own_ca_only: bool = False, history: CaHistory | None = None) -> TrustPlan:
+    """The CA writes every managed cluster needs. `snapshots[name] is None`: unreachable.
+    With `history` (kept by the caller across passes), writes name the CAs they re-add."""
     peers = {name: cas for name, snap in sorted(snapshots.items())
              if snap is not None and (cas := peer_cas(snap, now, max_count)) is not None}
     offered = {name: cas.offered(own_ca_only) for name, cas in peers.items()}
     decisions = tuple(_decide_cluster(name, snapshots, offered, max_count)
                       for name in sorted(managed & set(snapshots)))
+    if history is not None:
+        decisions = _with_readds(decisions, snapshots, peers, offered, history, now)
     pairs = [(cluster, peer, cas) for cluster in sorted(managed & set(snapshots))
              for peer, cas in peers.items() if peer != cluster]
     expiry = {(cluster, peer): when for cluster, peer, cas in pairs
@@ -199,6 +205,32 @@ def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                                       if snapshot.external_ca is not None else None))
     return ClusterTrust(name, Outcome.WRITE, f"{len(prints)} CA certificate(s) missing", prints,
                         write, unknown)
+
+
+def _with_readds(decisions: tuple[ClusterTrust, ...], snapshots: Mapping[str, CaSnapshot | None],
+                 peers: Mapping[str, PeerCAs], offered: Mapping[str, tuple[x509.Certificate, ...]],
+                 history: CaHistory, now: datetime) -> tuple[ClusterTrust, ...]:
+    wanted = {name: {fingerprint(c) for peer, certs in offered.items() if peer != name
+                     for c in certs} for name in snapshots}
+    observe(history, snapshots, wanted)
+    result = []
+    for decision in decisions:
+        write = decision.write
+        if write is not None:
+            found = readds(history, write.cluster, write.fingerprints,
+                           current_cas(peers, write.cluster), now)
+            decision = replace(decision, write=replace(write, readded=found))
+        result.append(decision)
+    return tuple(result)
+
+
+def current_cas(peers: Mapping[str, PeerCAs], cluster: str) -> dict[str, str]:
+    """fingerprint -> peer, for the CA each peer of `cluster` signs with now. Only their re-adds
+    say that trust flaps: a peer's previous CA is dropped by design once the overlap is over (and
+    then also when it sorts behind an older CA), and the peer's components already carry leaf
+    certificates of its current CA (virt-operator re-issues them when the CA changes)."""
+    return {fingerprint(cas.current): peer for peer, cas in peers.items()
+            if peer != cluster and cas.current is not None}
 
 
 def inbox_holds(inbox: ConfigMapState, prints: tuple[str, ...]) -> bool:

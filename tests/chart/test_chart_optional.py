@@ -123,3 +123,27 @@ def test_peer_access_is_read_only(full_docs: list[Manifest]) -> None:
     assert token["type"] == "kubernetes.io/service-account-token"
     assert token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == (
         "dlm-guard-full-peer-reader")
+
+
+def test_ca_trust_flapping_alert(full_docs: list[Manifest]) -> None:
+    flapping = _alerts(full_docs)["DlmGuardCATrustFlapping"]
+    assert "increase(dlm_guard_ca_readded_total{" in flapping["expr"]
+    assert f'namespace="{NAMESPACE}"' in flapping["expr"]
+    assert "sum by (cluster, peer)" in flapping["expr"]
+    assert flapping["expr"].strip().endswith("> 0")
+    # One re-add already means virt-operator dropped a merged CA: no `for` to sit out.
+    assert "for" not in flapping
+    assert flapping["labels"] == {"severity": "warning", "team": "platform"}
+    description = flapping["annotations"]["description"]
+    assert "renewBefore >= duration / 2" in description
+    assert "spec.certificateRotateStrategy.selfSigned.ca" in description
+
+
+def test_the_reconciler_reads_kubevirt_crs_in_the_kubevirt_namespace_only(
+        default_docs: list[Manifest]) -> None:
+    kubevirt_rules = [(role["kind"], role["metadata"].get("namespace"), rule)
+                      for role in of_kind(default_docs, "Role", "ClusterRole")
+                      if role["metadata"]["name"].endswith("-reconciler")
+                      for rule in role["rules"] if "kubevirts" in rule["resources"]]
+    assert kubevirt_rules == [("Role", "kubevirt", {
+        "apiGroups": ["kubevirt.io"], "resources": ["kubevirts"], "verbs": ["get", "list"]})]
