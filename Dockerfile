@@ -37,15 +37,21 @@ LABEL org.opencontainers.image.title="dlm-guard" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # Install from the builder's wheels without copying them into a layer, then remove the
-# installers themselves: nothing in the final image can build or fetch packages. Also removed:
-# test folders shipped inside dependencies, and the kubernetes client's asyncio copy
-# (kubernetes/aio, about 68 MB with bytecode), which nothing in dlm-guard or the rest of the
-# kubernetes package imports (the image smoke test runs serve and reconcile without it).
+# installers themselves (pip, setuptools, and the pip wheels ensurepip would reinstall from):
+# nothing in the final image can build or fetch packages. Also removed: test modules shipped
+# inside dependencies (kubernetes' *_test.py, aiohttp's test_utils), and the kubernetes
+# client's asyncio copy (kubernetes/aio, about 68 MB with bytecode), which nothing in dlm-guard
+# or the rest of the kubernetes package imports (the image smoke test runs serve and reconcile
+# without it).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     PIP_NO_CACHE_DIR=1 pip install --no-index --find-links=/wheels /wheels/dlm_guard-*.whl \
  && pip uninstall --yes pip setuptools wheel \
  && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && stdlib="$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
  && rm -rf "$site/kubernetes/aio" "$site/tests" "$site"/*/tests \
+      "$stdlib/ensurepip/_bundled" /usr/share/python-wheels \
+ && find "$site" \( -name 'test_*.py' -o -name '*_test.py' -o -name 'conftest.py' \
+      -o -name 'test_*.*.pyc' -o -name '*_test.*.pyc' -o -name 'conftest.*.pyc' \) -delete \
  && python -c 'import kubernetes, dlm_guard.cli, webhook.server, reconciler.loop'
 RUN groupadd --system --gid "${GID}" dlm-guard \
  && useradd --system --uid "${UID}" --gid "${GID}" --no-create-home \

@@ -7,7 +7,7 @@
 #
 # Why the podman configuration: on a host with hybrid cgroups (v1 controllers, no systemd as
 # PID 1) and without CAP_SYS_RESOURCE, Debian's podman 4.3 only runs containers with runc (crun
-# refuses hybrid cgroups), the cgroupfs cgroup manager, a file events logger (no journald) and
+# refuses hybrid cgroups), the cgroupfs cgroup manager, file events and logs (no journald) and
 # ulimits at or below the host's hard limits (podman's defaults raise nofile/nproc above them).
 
 IMAGE_ENGINE_TIMEOUT="${IMAGE_ENGINE_TIMEOUT:-5}"   # seconds to decide whether a daemon answers
@@ -46,6 +46,7 @@ _podman_config() {
   { [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; } && nproc=32768
   cat >"$ENGINE_TMP/containers.conf" <<EOF
 [containers]
+log_driver = "k8s-file"
 default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=${nproc}:${nproc}"]
 [engine]
 runtime = "runc"
