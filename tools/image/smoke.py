@@ -142,10 +142,11 @@ def find_helm() -> Path:
     return cache_dir() / "testbin" / f"helm-{pins['HELM_VERSION']}" / "helm"
 
 
-def render_chart(helm: Path) -> list[dict[str, Any]]:
+def render_chart(helm: Path, values: Sequence[Path] = ()) -> list[dict[str, Any]]:
     kube_version = read_versions().get("K8S_VERSION", "v1.36.3").lstrip("v")
+    files = [arg for path in values for arg in ("--values", str(path))]
     result = subprocess.run(
-        [str(helm), "template", "guard", str(CHART), "--kube-version", kube_version],
+        [str(helm), "template", "guard", str(CHART), "--kube-version", kube_version, *files],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
