@@ -125,6 +125,7 @@ main() {
   ensure_packages curl=curl
   local started=$SECONDS python_image
   python_image="$(choose_python_image)"
+  log "base image ready after $((SECONDS - started)) s"
   local args=(build --tag "$IMAGE" --build-arg "PYTHON_IMAGE=$python_image" --file Dockerfile
     --build-arg "UID=${ids% *}" --build-arg "GID=${ids#* }")
   local bundle
