@@ -1,7 +1,10 @@
-# syntax=docker/dockerfile:1
 # dlm-guard image: `dlm-guard serve` (webhook) and `dlm-guard reconcile` (reconciler).
 #
+#   make image            (tools/image/build.sh: podman or docker, base image, CA bundle)
 #   docker build -t dlm-guard:dev .
+#
+# No `# syntax=` line: BuildKit's built-in frontend (Docker 23+) and buildah both know
+# `RUN --mount`, and a syntax line would make docker pull a frontend image from a registry.
 #
 # Two stages: the builder turns the project and all its dependencies into wheels; the runtime
 # installs only those wheels (no compiler, no pip, no source tree) and runs as a numeric non-root
