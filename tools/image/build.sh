@@ -9,7 +9,8 @@
 #
 # Environment: IMAGE, PYTHON_IMAGE, IMAGE_ENGINE (docker|podman), IMAGE_CACHE=1 (let podman
 # reuse layers: off by default, buildah 1.28 can reuse a stale `RUN --mount=...,from=builder`
-# layer after a source change), IMAGE_PROBE_TIMEOUT (seconds, default 5).
+# layer after a source change; off also keeps no intermediate images), IMAGE_PROBE_TIMEOUT
+# (seconds, default 5).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tools/image/engine.sh
@@ -134,11 +135,19 @@ main() {
   fi
   if [ "$ENGINE" = podman ]; then
     # Host network: no CNI/netavark setup needed for pip to reach PyPI from RUN steps.
-    args+=(--network host --layers)
-    [ "${IMAGE_CACHE:-0}" = 1 ] || args+=(--no-cache)
+    args+=(--network host)
+    if [ "${IMAGE_CACHE:-0}" = 1 ]; then
+      args+=(--layers)
+    else
+      # Without the cache no intermediate image is kept either (each would cost 200-300 MB).
+      args+=(--no-cache --layers=false)
+    fi
   fi
   log "$ENGINE ${args[*]} ."
   "$ENGINE" "${args[@]}" . >&2
+  # The previous $IMAGE, now untagged: dangling images of this Dockerfile only.
+  "$ENGINE" image prune --force --filter "label=org.opencontainers.image.title=dlm-guard" \
+    >/dev/null 2>&1 || true
   local size
   size="$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")"
   log "built $IMAGE in $((SECONDS - started)) s: $((size / 1000000)) MB uncompressed"
