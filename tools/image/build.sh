@@ -75,7 +75,9 @@ make_local_python_image() {
   [ "${#sources[@]}" -gt 0 ] || die "no Debian apt sources found in /etc/apt to build a base image"
   log "no registry answers: building $tag with mmdebstrap from ${sources[*]} (about a minute)"
   local rootfs="$ENGINE_TMP/python-base.tar"
-  # No docs, man pages or translations: the slim image leaves them out too.
+  # No docs, man pages or translations: the slim image leaves them out too. The hooks' "$1"
+  # (the new root) is expanded by mmdebstrap, not here.
+  # shellcheck disable=SC2016
   mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by build.sh and smoke.sh: picks the container engine and makes podman work here.
 #
 # After `image_engine_init`:
