@@ -264,8 +264,11 @@ def _share(path: Path, gid: int | None, mode: int) -> None:
 
 
 def write_secret_volume(folder: Path, files: Mapping[str, bytes], gid: int | None) -> None:
-    """The kubelet's atomic writer layout: files in `..<timestamp>/`, `..data` pointing at it,
-    top-level names as symlinks through `..data`; an update renames a new `..data` in place."""
+    """The kubelet's Secret volume layout and update (kubernetes/kubernetes
+    pkg/volume/util/atomic_writer.go, AtomicWriter.Write): files in a `..<timestamp>` folder
+    (mode 0755), `..data` a symlink to it, each visible name a symlink through `..data`; an
+    update writes a new timestamped folder, symlinks `..data_tmp` to it, renames that over
+    `..data` (the atomic step) and removes the previous folder."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
     stamp = folder / datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
@@ -273,7 +276,7 @@ def write_secret_volume(folder: Path, files: Mapping[str, bytes], gid: int | Non
     for name, content in files.items():
         (stamp / name).write_bytes(content)
         _share(stamp / name, gid, 0o440)
-    _share(stamp, gid, 0o750)
+    stamp.chmod(0o755)
     old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
     (folder / "..data_tmp").symlink_to(stamp.name)
     os.replace(folder / "..data_tmp", folder / "..data")
