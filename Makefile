@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv testbin demo test unit lint bench clean
+.PHONY: venv testbin demo test unit lint bench image image-test clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -22,7 +22,7 @@ demo: venv testbin
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench doctor
+	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench doctor tools/image
 
 unit: venv
 	$(VENV)/bin/pytest -m 'not e2e' -q
@@ -32,6 +32,14 @@ test: venv testbin lint
 
 bench: venv testbin
 	$(PY) -m bench all
+
+# The container image (IMAGE, default dlm-guard:dev) with podman or docker; see tools/image/.
+image:
+	bash tools/image/build.sh
+
+# The built image run for real: serve and reconcile against harness clusters.
+image-test: venv testbin
+	bash tools/image/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
