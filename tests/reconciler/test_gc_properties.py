@@ -122,7 +122,7 @@ def _mid(o: Obj) -> str | None:
     field = {"source": "sendTo", "target": "receive"}.get(_role(o) or "")
     if field is None:
         return None
-    # Pairs key on the spec's migrationID, never on our label (DESIGN.md, labels we own).
+    # Upstream pairs by the spec's migrationID; our label (maybe a hash of it) never pairs.
     return _get(o, "spec", field, "migrationID") or None
 
 
