@@ -22,7 +22,7 @@ demo: venv testbin
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench
+	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench migrate
 
 unit: venv
 	$(VENV)/bin/pytest -m 'not e2e' -q
