@@ -216,13 +216,14 @@ def claim_volumes(vm: Obj, vmi: Obj | None) -> list[tuple[str, str]]:
     return list(seen)
 
 
-# Where a VMI spec names Secrets and ConfigMaps (the places Forklift's Builder.Secrets and
-# Builder.ConfigMaps copy from, live.go at d42511bb).
+# Where a VMI spec names Secrets and ConfigMaps: the places Forklift's Builder.Secrets and
+# Builder.ConfigMaps copy from (live.go at d42511bb), by their JSON names in the VM CRD
+# (Go's UserDataSecretRef is `secretRef`).
 _SECRET_PATHS: tuple[tuple[str, ...], ...] = (
     ("secret", "secretName"),
-    ("cloudInitNoCloud", "userDataSecretRef", "name"),
+    ("cloudInitNoCloud", "secretRef", "name"),
     ("cloudInitNoCloud", "networkDataSecretRef", "name"),
-    ("cloudInitConfigDrive", "userDataSecretRef", "name"),
+    ("cloudInitConfigDrive", "secretRef", "name"),
     ("cloudInitConfigDrive", "networkDataSecretRef", "name"),
     ("sysprep", "secret", "name"),
     ("containerDisk", "imagePullSecret"),

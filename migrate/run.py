@@ -66,6 +66,7 @@ SETTLE_SECONDS = 30.0
 # (pkg/virt-api/webhooks/validating-webhook/admitters/migration-create-admitter.go).
 _KUBEVIRT_NO_VMI = re.compile(r'the VMI "[^"]*" does not exist')
 _SLUG = re.compile(r"\[([a-z][a-z-]*)\]")
+VMI_RULES = frozenset({"receiver-vmi", "source-vmi"})
 
 
 class Outcome(StrEnum):
@@ -123,12 +124,16 @@ def classify(planned: PlannedObject, existing: Obj | None, label: str) -> Action
             "remove or rename it, or migrate into another namespace")
 
 
-def tolerated_denial(planned: PlannedObject, message: str) -> bool:
-    """A target VMIM denied only because its VMI does not exist (yet)."""
-    if planned.step is not Step.TARGET_VMIM:
+def vmi_not_seen_yet(planned: PlannedObject, message: str) -> bool:
+    """A VMIM denied only because its VMI is not known (yet): by our rules receiver-vmi /
+    source-vmi (the webhook reads a watch cache that can lag) or by KubeVirt's own admitter.
+    The plan's review already checked those rules against the live VMI."""
+    if planned.step not in (Step.TARGET_VMIM, Step.SOURCE_VMIM):
         return False
     slugs = set(_SLUG.findall(message))
-    return slugs == {"receiver-vmi"} or (not slugs and bool(_KUBEVIRT_NO_VMI.search(message)))
+    if slugs:
+        return slugs <= VMI_RULES
+    return bool(_KUBEVIRT_NO_VMI.search(message))
 
 
 def conflicting_migrations(vmims: list[dict[str, Any]], vm_name: str, label: str) -> list[str]:
@@ -155,6 +160,7 @@ class Runner:
         self.settings, self.progress, self.clock, self.sleep = settings, progress, clock, sleep
         self.started = clock()
         self.deadline = self.started + settings.timeout
+        self.creating = False  # set once the first real create is under way
 
     def cluster(self, side: Role) -> Kube:
         return self.source if side is Role.SOURCE else self.target
@@ -187,21 +193,37 @@ class Runner:
         return actions
 
     def dry_run(self, actions: dict[Step, list[tuple[PlannedObject, Action]]]) -> None:
-        """Server-side dry-run of every object still to create; Aborted listing failures."""
+        """Server-side dry-run of every object still to create; Aborted listing failures.
+        The target VMIM's VMI cannot exist yet, so a denial for just that is expected."""
         problems = []
         for entries in actions.values():
             for planned, action in entries:
                 if action is not Action.CREATE or self._url_pending(planned):
                     continue
                 try:
-                    self.cluster(planned.side).create(planned.obj, dry_run=True)
+                    self._admitted(planned, dry_run=True)
                 except KubeError as err:
-                    if not tolerated_denial(planned, str(err)):
+                    if not (planned.step is Step.TARGET_VMIM
+                            and vmi_not_seen_yet(planned, str(err))):
                         problems.append(f"{planned.describe()}: {err}")
         if problems:
             raise Aborted("server-side dry-run failed, nothing was created:\n"
                           + "\n".join(problems))
         self.say("server-side dry-run of every object to create: accepted")
+
+    def _admitted(self, planned: PlannedObject, *, dry_run: bool = False) -> None:
+        """Create (or dry-run) it; a VMIM denied only for its VMI is tried again, bounded."""
+        deadline = self.clock() + ADMISSION_RETRY_SECONDS
+        waits = planned.step is not Step.TARGET_VMIM or not dry_run
+        while True:
+            try:
+                self.cluster(planned.side).create(planned.obj, dry_run=dry_run)
+                return
+            except KubeError as err:
+                if not (waits and vmi_not_seen_yet(planned, str(err))) \
+                        or self.clock() > deadline:
+                    raise
+            self.sleep(self.settings.poll_interval)
 
     @staticmethod
     def _url_pending(planned: PlannedObject) -> bool:
@@ -213,19 +235,14 @@ class Runner:
         if action is not Action.CREATE:
             self.say(f"{planned.describe()}: {action.value}")
             return
-        deadline = self.clock() + ADMISSION_RETRY_SECONDS
-        while True:
-            try:
-                self.cluster(planned.side).create(planned.obj)
-                self.say(f"{planned.describe()}: created")
-                return
-            except KubeError as err:
-                if err.status == 409 and err.reason == "AlreadyExists":
-                    self.say(f"{planned.describe()}: exists (made a moment ago)")
-                    return
-                if not tolerated_denial(planned, str(err)) or self.clock() > deadline:
-                    raise
-            self.sleep(self.settings.poll_interval)
+        try:
+            self._admitted(planned)
+        except KubeError as err:
+            if err.status != 409 or err.reason != "AlreadyExists":
+                raise
+            self.say(f"{planned.describe()}: exists (made a moment ago)")
+            return
+        self.say(f"{planned.describe()}: created")
 
     def _wait(self, what: str, probe: Callable[[], Any]) -> Any:
         """Poll probe() until it returns something truthy; TimeoutError at the deadline."""
@@ -340,8 +357,16 @@ class Runner:
 
     # --- the whole run ---------------------------------------------------------------------------
     def execute(self) -> int:
+        """Exit code; Aborted (nothing created) and KubeError before the first create
+        propagate to the caller (exit 2)."""
         try:
             return self._execute()
+        except KubeError as err:
+            if not self.creating:
+                raise
+            self.say(f"stopped: {err}\nwhat exists stays: run again to continue, or "
+                     f"`dlm-guard migrate cancel {self.plan.migration_id}` to clean up")
+            return EXIT_FAILED
         except KeyboardInterrupt:
             with sigint_ignored():
                 deleted = self.delete_vmims()
@@ -360,6 +385,7 @@ class Runner:
             raise Aborted(f"migration {self.plan.migration_id} failed earlier and was kept: "
                           "run `dlm-guard migrate cancel` for it, then run again")
         self.dry_run(actions)
+        self.creating = True
         for step in (Step.SECRET, Step.CONFIG_MAP, Step.DATA_VOLUME, Step.TARGET_VM):
             for planned, action in actions.get(step, []):
                 self.ensure(planned, action)
