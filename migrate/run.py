@@ -83,6 +83,7 @@ class Action(StrEnum):
     CREATE = "create"
     OURS = "exists (this migration)"
     SAME = "exists with the same content (kept, not ours)"
+    EARLIER = "exists, blank, left by an earlier attempt (reused)"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ def classify(planned: PlannedObject, existing: Obj | None, label: str) -> Action
         return Action.SAME
     if planned.step is Step.CONFIG_MAP and same_content(existing, planned.obj):
         return Action.SAME
+    if planned.step is Step.DATA_VOLUME and LABEL_MIGRATION_ID in labels_of(existing) \
+            and existing.get("spec") == planned.obj.get("spec"):
+        # A failed attempt's clean-up keeps the volumes (without --cleanup-volumes) so that
+        # the retry can use them: the same blank DataVolume, made by us for this VM.
+        return Action.EARLIER
     return (f"{planned.describe()} already exists and is not part of this migration: "
             "remove or rename it, or migrate into another namespace")
 
@@ -177,10 +183,10 @@ class Runner:
             existing = self.cluster(planned.side).get(kube.resource_for(planned.obj),
                                                       planned.namespace, planned.name)
             action = classify(planned, existing, self.plan.label)
-            if isinstance(action, str):
-                problems.append(action)
-            else:
+            if isinstance(action, Action):
                 actions.setdefault(planned.step, []).append((planned, action))
+            else:
+                problems.append(action)
         for cluster, namespace in ((self.source, self.plan.source_namespace),
                                    (self.target, self.plan.target_namespace)):
             others = conflicting_migrations(cluster.list(kube.VMIM, namespace),

@@ -202,7 +202,8 @@ def test_failure_is_cleaned_up_and_a_second_run_succeeds(
     assert get_json(source, ns, "vmi", VM)["status"]["phase"] == "Running"
     again = migrate(*argv("run", source, ns, target, "--yes", *TIMEOUT))
     assert again.returncode == 0, explain(fresh, again)
-    assert f"target DataVolume {ns}/{DATA_VOLUME}: exists (this migration)" not in again.stdout
+    assert (f"target DataVolume {ns}/{DATA_VOLUME}: exists, blank, left by an earlier attempt "
+            "(reused)") in again.stdout
     assert get_json(target, ns, "vm", VM)["spec"]["runStrategy"] == "Always"
 
 
