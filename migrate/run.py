@@ -328,16 +328,19 @@ class Runner:
         return deleted
 
     def settle(self) -> tuple[Obj | None, Obj | None]:
-        """The target VM once its strategy is restored (bounded), and the source VM."""
+        """Both VMs once virt-controller has finished with them (bounded): the target's
+        strategy restored, and a source on runStrategy Always set to Halted (the only case
+        upstream halts: syncRunStrategy in pkg/virt-controller/watch/vm/vm.go)."""
         ns, name = self.plan.target_namespace, self.plan.vm_name
         deadline = min(self.deadline, self.clock() + SETTLE_SECONDS)
         while True:
             target_vm = self.target.get(kube.VM, ns, name)
-            if target_vm is None or not is_wait_as_receiver(target_vm) \
-                    or self.clock() > deadline:
-                break
+            source_vm = self.source.get(kube.VM, self.plan.source_namespace, name)
+            pending = (target_vm is not None and is_wait_as_receiver(target_vm)) or (
+                source_vm is not None and run_strategy(source_vm) == "Always")
+            if not pending or self.clock() > deadline:
+                return target_vm, source_vm
             self.sleep(self.settings.poll_interval)
-        return target_vm, self.source.get(kube.VM, self.plan.source_namespace, name)
 
     def success_summary(self) -> None:
         target_vm, source_vm = self.settle()
