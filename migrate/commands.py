@@ -18,6 +18,7 @@ from dlm_guard.domain import (
     Role,
     feature_gate_enabled,
     get_path,
+    is_receiver_vmi,
     is_wait_as_receiver,
     name_of,
     namespace_of,
@@ -230,13 +231,7 @@ def _cancel(args: argparse.Namespace) -> int:
                               get_path(vmim, "metadata", "uid")):
                 deleted.append(f"{role.value} VMIM {namespace_of(vmim)}/{name_of(vmim)}")
     for vm in found.target_vms:
-        if is_wait_as_receiver(vm) and target.delete(kube.VM, namespace_of(vm), name_of(vm),
-                                                     get_path(vm, "metadata", "uid")):
-            deleted.append(f"target VM {namespace_of(vm)}/{name_of(vm)}")
-            vmi = target.get(kube.VMI, namespace_of(vm), name_of(vm))
-            if vmi is not None and target.delete(kube.VMI, namespace_of(vm), name_of(vm),
-                                                 get_path(vmi, "metadata", "uid")):
-                deleted.append(f"target VMI {namespace_of(vm)}/{name_of(vm)}")
+        deleted.extend(_delete_waiting_vm(target, vm))
     if args.cleanup_volumes:
         for dv in found.data_volumes:
             if target.delete(kube.DATA_VOLUME, namespace_of(dv), name_of(dv)):
@@ -247,3 +242,18 @@ def _cancel(args: argparse.Namespace) -> int:
     print(f"cancelled migration {args.migration_id}: deleted " + ", ".join(deleted))
     return EXIT_OK
 
+
+
+def _delete_waiting_vm(target: Kube, vm: dict[str, Any]) -> list[str]:
+    """A target VM still waiting to receive, and its receiver VMI (no garbage collector
+    needs to be running for the VMI to go)."""
+    ns, name = namespace_of(vm), name_of(vm)
+    if not is_wait_as_receiver(vm) or not target.delete(kube.VM, ns, name,
+                                                        get_path(vm, "metadata", "uid")):
+        return []
+    deleted = [f"target VM {ns}/{name}"]
+    vmi = target.get(kube.VMI, ns, name)
+    if vmi is not None and is_receiver_vmi(vmi) \
+            and target.delete(kube.VMI, ns, name, get_path(vmi, "metadata", "uid")):
+        deleted.append(f"target VMI {ns}/{name}")
+    return deleted

@@ -73,6 +73,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed out"
+    CANCELLED = "cancelled"  # both VMIMs deleted by someone else (`migrate cancel`)
 
 
 class Aborted(Exception):
@@ -293,7 +294,7 @@ class Runner:
             if outcome is not None:
                 return outcome, target, source
             if target is None and source is None:
-                raise Aborted("both VMIMs disappeared (cancelled elsewhere?)")
+                return Outcome.CANCELLED, target, source
             if self.clock() > self.deadline:
                 return Outcome.TIMED_OUT, target, source
             self.sleep(self.settings.poll_interval)
@@ -407,7 +408,10 @@ class Runner:
             self.success_summary()
             return EXIT_OK
         self.failure_summary(outcome, target, source)
-        if self.settings.keep_on_failure:
+        if outcome is Outcome.CANCELLED:
+            self.say("both VMIMs were deleted elsewhere (`dlm-guard migrate cancel`?): "
+                     "nothing more to clean up here")
+        elif self.settings.keep_on_failure:
             self.say("kept everything (--keep-on-failure)")
         else:
             deleted = self.clean_up()

@@ -225,6 +225,37 @@ def test_sigint_cancels_by_deleting_both_vmims(pair: list[Cluster], fresh: KubeV
     assert vmims(target, ns) == [] and vmims(source, ns) == []
 
 
+def test_cancel_by_migration_id_stops_a_run_in_both_clusters(
+        pair: list[Cluster], fresh: KubeVirtStandIn, tmp_path: Path) -> None:
+    source, target = pair
+    ns = migration_namespace(pair, "mig-cancel")
+    make_source(source, ns)
+    fresh.hold_migrations = True
+    mid = f"{VM}-to-cancel"
+    run = start(tmp_path / "run.log", *argv("run", source, ns, target, "--yes",
+                                            "--migration-id", mid, *TIMEOUT))
+    clusters = ["--from", str(source.kubeconfig), "--to", str(target.kubeconfig)]
+    try:
+        until("both VMIMs waiting", lambda: "target VMIM WaitingForSync, source VMIM "
+              "Synchronizing" in run.output(), explain=lambda: explain(fresh, run.output()))
+        status = migrate(*MIGRATE, "status", mid, *clusters)
+        assert "phase WaitingForSync" in status.stdout and "phase Synchronizing" in \
+            status.stdout, status.stdout + status.stderr
+        cancel = migrate(*MIGRATE, "cancel", mid, *clusters)
+        assert cancel.returncode == 0, cancel.stderr
+        assert run.wait() == 1, explain(fresh, run.output())
+    finally:
+        run.stop()
+    assert f"cancelled migration {mid}: deleted target VMIM" in cancel.stdout
+    assert f"target VM {ns}/{VM}" in cancel.stdout
+    assert "CANCELLED" in run.output()
+    assert vmims(target, ns) == [] and vmims(source, ns) == []
+    assert get_json(target, ns, "vm", VM) is None
+    gone = migrate(*MIGRATE, "status", mid, *clusters)
+    assert gone.returncode == 1 and f"nothing in either cluster carries migration {mid}" \
+        in gone.stderr
+
+
 def test_an_interrupted_run_resumes_without_duplicates(
         pair: list[Cluster], fresh: KubeVirtStandIn, tmp_path: Path) -> None:
     source, target = pair

@@ -155,10 +155,10 @@ def test_the_standin_walks_every_shared_phase_then_stops() -> None:
 
 
 def test_only_a_completed_unfailed_source_vmi_counts_as_migrated_away() -> None:
-    state: dict[str, Any] = {"completed": True, "targetState": {"syncAddress": "10.0.0.1:9185"}}
-    done = {"status": {"phase": "Succeeded", "migrationState": state}}
+    migration: dict[str, Any] = {"completed": True, "targetState": {"syncAddress": "10.0.0.1:9185"}}
+    done = {"status": {"phase": "Succeeded", "migrationState": migration}}
     assert _migrated_out(done)
-    failed = {"status": {"migrationState": {**state, "failed": True}}}
+    failed = {"status": {"migrationState": {**migration, "failed": True}}}
     assert not _migrated_out(failed)
     receiver = {**done, "metadata": {"annotations": {
         "kubevirt.io/create-migration-target": "true"}}}
