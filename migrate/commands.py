@@ -29,7 +29,7 @@ from migrate import gather, kube
 from migrate.kube import Kube, KubeError
 from migrate.plan import Options, Plan, PlanError, build_plan
 from migrate.progress import Progress
-from migrate.review import Review, review_plan
+from migrate.review import ClusterView, Review, review_plan
 from migrate.run import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Aborted, Runner, RunSettings
 from reconciler.settings import parse_duration
 from webhook.engine import random_suffix
@@ -72,7 +72,7 @@ def reviewed_plan(args: argparse.Namespace, source: Kube, target: Kube) -> Revie
     migration_id = _migration_id(args, source, target, target_ns)
     source_view = gather.cluster_view(source, migration_id, [state.vmi] if state.vmi else [])
     target_view = gather.cluster_view(target, migration_id)
-    _preflight_clusters(source_view.kubevirt, target_view.kubevirt, target, target_ns)
+    _preflight_clusters(source_view, target_view, target, target_ns)
     options = Options(target_namespace=target_ns, migration_id=migration_id,
                       storage_classes=dict(args.storage_class), networks=dict(args.network),
                       connect_url=connect_url_from(target_view.kubevirt))
@@ -80,17 +80,30 @@ def reviewed_plan(args: argparse.Namespace, source: Kube, target: Kube) -> Revie
     return review_plan(plan, load_policy(args.config), source_view, target_view)
 
 
-def _preflight_clusters(source_kv: Any, target_kv: Any, target: Kube, target_ns: str) -> None:
+def _preflight_clusters(source: ClusterView, target_view: ClusterView, target: Kube,
+                        target_ns: str) -> None:
     problems = []
-    for side, kv in (("source", source_kv), ("target", target_kv)):
-        if kv is None:
+    for side, view in (("source", source), ("target", target_view)):
+        if not view.kubevirt_readable:
+            print(f"note: {side}: may not read KubeVirt CRs: the feature gate is left to the "
+                  "webhook, the connect address comes from the target VMIM", file=sys.stderr)
+        elif view.kubevirt is None:
             problems.append(f"{side}: no KubeVirt CR found: is KubeVirt installed?")
-        elif feature_gate_enabled(kv) is False:
+        elif feature_gate_enabled(view.kubevirt) is False:
             problems.append(f"{side}: feature gate DecentralizedLiveMigration is off")
-    if target.get(kube.NAMESPACE, None, target_ns) is None:
+    if not _namespace_exists(target, target_ns):
         problems.append(f"target: namespace {target_ns} does not exist")
     if problems:
         raise PlanError(problems)
+
+
+def _namespace_exists(cluster: Kube, name: str) -> bool:
+    try:
+        return cluster.get(kube.NAMESPACE, None, name) is not None
+    except KubeError as err:
+        if err.status == 403:  # may not read namespaces: the first create will tell
+            return True
+        raise
 
 
 def report_review(review: Review) -> bool:

@@ -18,7 +18,7 @@ from dlm_guard.domain import (
     vmi_name,
 )
 from migrate import kube
-from migrate.kube import Kube
+from migrate.kube import Kube, KubeError
 from migrate.plan import (
     LABEL_HASH_PREFIX,
     PlanError,
@@ -67,12 +67,22 @@ def _by_name(cluster: Kube, resource: kube.Resource, namespace: str,
     return found
 
 
-def kubevirt_cr(cluster: Kube) -> dict[str, Any] | None:
-    """The cluster's KubeVirt CR (one per cluster, any namespace)."""
-    found = sorted(cluster.list(kube.KUBEVIRT),
-                   key=lambda o: (get_path(o, "metadata", "namespace"),
-                                  get_path(o, "metadata", "name")))
-    return found[0] if found else None
+def kubevirt_cr(cluster: Kube) -> tuple[dict[str, Any] | None, bool]:
+    """(the cluster's KubeVirt CR or None, whether we may read it at all).
+
+    Reading it is optional: a migration operator's role may exclude it; the connect address
+    then comes from the target VMIM's status and the webhook still checks the gate."""
+    try:
+        found = cluster.list(kube.KUBEVIRT)
+    except KubeError as err:
+        if err.status == 403:
+            return None, False
+        if err.status == 404:  # no KubeVirt CRD: KubeVirt is not installed
+            return None, True
+        raise
+    found.sort(key=lambda o: (get_path(o, "metadata", "namespace"),
+                              get_path(o, "metadata", "name")))
+    return (found[0] if found else None), True
 
 
 def synchronization_addresses(obj: Obj | None) -> list[str]:
@@ -88,7 +98,9 @@ def cluster_view(cluster: Kube, migration_id: str, vmis: Iterable[Obj] = ()) -> 
     vmims = [v for v in cluster.list(kube.VMIM)
              if (role := migration_role(v)) is not None
              and spec_migration_id(v, role) == migration_id]
-    return ClusterView(kubevirt=kubevirt_cr(cluster), vmis=list(vmis), vmims=vmims)
+    kubevirt, readable = kubevirt_cr(cluster)
+    return ClusterView(kubevirt=kubevirt, vmis=list(vmis), vmims=vmims,
+                       kubevirt_readable=readable)
 
 
 # --- Objects of one migration, found by our labels ---------------------------------------------

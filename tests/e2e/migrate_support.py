@@ -24,7 +24,8 @@ from typing import Any
 
 from e2e_support import E2E_LABEL
 
-from controlplane import Cluster, kubectl
+from certs.generate import cert_pem, key_pem, load_issued
+from controlplane import Cluster, kubeconfig, kubectl, pki
 from controlplane.binaries import REPO_ROOT
 from controlplane.kubevirt_standin import NAMESPACE_LABEL
 
@@ -209,3 +210,36 @@ def until(what: str, probe: Callable[[], Any], timeout: float = 60.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g}s\n{explain()}")
         time.sleep(0.2)
+
+
+# --- a migration operator with least privilege ---------------------------------------------
+MIGRATOR_RULES = [
+    {"apiGroups": ["kubevirt.io"], "verbs": ["get", "list", "create", "delete"],
+     "resources": ["virtualmachines", "virtualmachineinstances",
+                   "virtualmachineinstancemigrations"]},
+    {"apiGroups": ["cdi.kubevirt.io"], "verbs": ["get", "list", "create", "delete"],
+     "resources": ["datavolumes"]},
+    {"apiGroups": [""], "verbs": ["get", "create"], "resources": ["secrets", "configmaps"]},
+    {"apiGroups": [""], "verbs": ["get"], "resources": ["persistentvolumeclaims"]},
+]  # no kubevirts, no namespaces
+
+
+def migrator_kubeconfig(cluster: Cluster, directory: Path, user: str = "migrator") -> Path:
+    """A kubeconfig for `user` (a client certificate from the cluster's CA) bound to
+    MIGRATOR_RULES cluster-wide."""
+    ca = load_issued(cluster.ca_cert, cluster.workdir / "pki" / "ca.key")
+    issued = pki.client_cert(ca, user)
+    config = kubeconfig.render(cluster.name, cluster.server, cert_pem(ca.cert),
+                               cert_pem(issued.cert), key_pem(issued.key))
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user}, "rules": MIGRATOR_RULES}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": user},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": user},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                             "name": user}]}
+    kubectl(cluster, "apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [role, binding]}))
+    directory.mkdir(parents=True, exist_ok=True)
+    return kubeconfig.write(directory / f"{cluster.name}-{user}.kubeconfig", config)

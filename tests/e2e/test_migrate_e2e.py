@@ -32,6 +32,7 @@ from migrate_support import (
     make_source,
     migrate,
     migration_namespace,
+    migrator_kubeconfig,
     set_status,
     source_vm,
     start,
@@ -159,6 +160,21 @@ def test_run_across_namespaces_in_one_cluster(pair: list[Cluster],
     assert [v["status"]["phase"] for v in vmims(source, other) + vmims(source, ns)] == \
         ["Succeeded", "Succeeded"]
     assert vmims(source, ns)[0]["spec"]["sendTo"]["connectURL"] == SOURCE_ADDRESSES[0]
+
+
+def test_without_access_to_kubevirt_crs_the_address_comes_from_the_target_vmim(
+        pair: list[Cluster], fresh: KubeVirtStandIn, tmp_path: Path) -> None:
+    source = pair[0]
+    ns = migration_namespace(pair, "mig-rbac")
+    make_source(source, ns)
+    configs = [migrator_kubeconfig(c, tmp_path) for c in pair]
+    result = migrate(*MIGRATE, "run", VM, "-n", ns, "--from", str(configs[0]),
+                     "--to", str(configs[1]), "--yes", *TIMEOUT)
+    assert result.returncode == 0, explain(fresh, result)
+    assert "may not read KubeVirt CRs" in result.stderr
+    assert "waiting for the target VMIM's status.synchronizationAddresses" in result.stdout
+    assert f"connect address {TARGET_ADDRESSES[0]}" in result.stdout
+    assert vmims(source, ns)[0]["spec"]["sendTo"]["connectURL"] == TARGET_ADDRESSES[0]
 
 
 def test_a_plan_the_webhook_would_deny_is_refused_and_nothing_is_created(
