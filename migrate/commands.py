@@ -149,6 +149,8 @@ def _guarded(func: Any, args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except (Aborted, KubeError, PolicyError) as err:
         return fail(str(err))
+    except KeyboardInterrupt:  # before `run` created anything (it handles Ctrl-C itself)
+        return fail("interrupted: nothing was created", EXIT_FAILED)
 
 
 def run_plan(args: argparse.Namespace) -> int:
