@@ -61,10 +61,21 @@ def standin(pair: list[Cluster]) -> Iterator[KubeVirtStandIn]:
     clusters = [StandInCluster(pair[0].name, kubes[0], SOURCE_ADDRESSES),
                 StandInCluster(pair[1].name, kubes[1], TARGET_ADDRESSES)]
     with KubeVirtStandIn(clusters) as running:
+        for cluster, wanted in zip(pair, (SOURCE_ADDRESSES, TARGET_ADDRESSES), strict=True):
+            def done(c: Cluster = cluster, w: list[str] = wanted) -> bool:
+                return bool(published(c) == w)
+            until(f"{cluster.name}'s KubeVirt CR published", done,
+                  explain=lambda: str(running.errors))
         yield running
     for k in kubes:
         k.close()
     assert not running.errors, running.errors
+
+
+def published(cluster: Cluster) -> Any:
+    """The synchronizationAddresses in the cluster's KubeVirt CR status."""
+    kubevirt = get_json(cluster, "kubevirt", "kubevirt", "kubevirt") or {}
+    return kubevirt.get("status", {}).get("synchronizationAddresses")
 
 
 @pytest.fixture
