@@ -1,8 +1,8 @@
 """The migration plan: what the source cluster holds in, the ordered objects to create out.
 
 Pure: no I/O, no clock, no randomness (the caller passes the migrationID). The order and the
-object shapes follow the documented orchestrator sequence (docs/kubevirt-facts.md) and what
-Forklift does for OpenShift-to-OpenShift live migration (kubev2v/forklift
+object shapes follow the orchestrator sequence of KubeVirt's user guide (decentralized live
+migration) and what Forklift does for OpenShift-to-OpenShift live migration (kubev2v/forklift
 pkg/controller/plan/migrator/ocp/live.go at d42511bb, `Builder`): Secrets, ConfigMaps, blank
 DataVolumes, the WaitAsReceiver target VM, then the target VMIM, then the source VMIM.
 Where we differ from Forklift, a comment says why.
@@ -35,7 +35,7 @@ from dlm_guard.domain import (
 
 KUBEVIRT_API = "kubevirt.io/v1"
 CDI_API = "cdi.kubevirt.io/v1beta1"
-# The user guide's blank target DataVolume carries this annotation (docs/kubevirt-facts.md).
+# The user guide's blank target DataVolume (decentralized live migration) carries this.
 # Forklift sets cdi.kubevirt.io/storage.bind.immediate.requested instead; we follow the guide.
 ANNOTATION_USE_POPULATOR = "cdi.kubevirt.io/storage.usePopulator"
 # kubectl's copy of the last applied manifest describes the source object, not ours.

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TextIO
 
-# Phases in upstream order (docs/kubevirt-facts.md; VirtualMachineInstanceMigrationPhase in
-# staging/src/kubevirt.io/api/core/v1/types.go). The bar counts how far the slower side is.
+# Phases in upstream order (VirtualMachineInstanceMigrationPhase in
+# staging/src/kubevirt.io/api/core/v1/types.go, walked by processMigrationPhase in
+# pkg/virt-controller/watch/migration/migration.go). The bar counts how far the slower side is.
 TARGET_PHASES = ("", "WaitingForSync", "Pending", "Scheduling", "Scheduled",
                  "PreparingTarget", "TargetReady", "Running", "Succeeded")
 SOURCE_PHASES = ("", "Synchronizing", "Pending", "Scheduling", "Scheduled",

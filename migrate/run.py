@@ -5,7 +5,7 @@ States, in order (each one idempotent, so a re-run after an interruption continu
               and no other migration in flight for the VM; conflicts stop here (exit 2)
   dry-run     every object to create, server-side (dryRun=All), before the first real create:
               schema and admission errors appear while nothing exists
-  create      Secrets, ConfigMaps, DataVolumes, the target VM (docs/kubevirt-facts.md order)
+  create      Secrets, ConfigMaps, DataVolumes, the target VM (the user guide's order)
   receiver    wait for the receiver VMI (annotation create-migration-target, WaitingForSync;
               Forklift's WaitForTargetVMI waits for the same phase)
   target VMIM create it; the connect address comes from the target KubeVirt CR or, without
