@@ -189,6 +189,22 @@ def test_without_access_to_kubevirt_crs_the_address_comes_from_the_target_vmim(
     assert vmims(source, ns)[0]["spec"]["sendTo"]["connectURL"] == TARGET_ADDRESSES[0]
 
 
+def test_a_legacy_running_source_is_restored_as_always_and_not_halted(
+        pair: list[Cluster], fresh: KubeVirtStandIn) -> None:
+    source, target = pair
+    ns = migration_namespace(pair, "mig-legacy")
+    make_source(source, ns, source_vm(running=True))
+    result = migrate(*argv("run", source, ns, target, "--yes", *TIMEOUT))
+    assert result.returncode == 0, explain(fresh, result)
+    assert "note: source VM uses legacy spec.running" in result.stderr
+    target_vm = get_json(target, ns, "vm", VM)
+    assert target_vm["metadata"]["annotations"]["kubevirt.io/restore-run-strategy"] == "Always"
+    assert target_vm["spec"]["runStrategy"] == "Always" and "running" not in target_vm["spec"]
+    # upstream's update to Halted would set both fields, which its VM admitter refuses
+    assert f"source VM {ns}/{VM} runStrategy spec.running=True" in result.stdout
+    assert get_json(source, ns, "vm", VM)["spec"].get("running") is True
+
+
 def test_a_plan_the_webhook_would_deny_is_refused_and_nothing_is_created(
         pair: list[Cluster], fresh: KubeVirtStandIn) -> None:
     source, target = pair

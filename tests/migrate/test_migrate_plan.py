@@ -7,9 +7,11 @@ import hashlib
 from typing import Any
 
 import pytest
+import yaml
 from migrate_factories import FORKLIFT_ID, options, pvc, state, vm
 
 from dlm_guard.domain import Role, is_valid_label_value
+from migrate.commands import format_plan
 from migrate.plan import (
     CONNECT_PENDING,
     PlanError,
@@ -226,3 +228,11 @@ def test_a_forklift_id_labels_every_object_with_its_hash() -> None:
     labels = {p.obj["metadata"]["labels"]["dlm-guard.io/migration-id"] for p in plan.objects}
     assert labels == {migration_id_label(FORKLIFT_ID)}
     assert plan.one(Step.TARGET_VMIM).obj["spec"]["receive"]["migrationID"] == FORKLIFT_ID
+
+
+def test_the_yaml_plan_is_one_commented_document_per_object_in_order() -> None:
+    plan = build_plan(state(), options())
+    text = format_plan(plan, "yaml")
+    assert text.startswith("# migrationID: db-0123456789ab\n---\n# 1. target DataVolume prod/")
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    assert documents == [p.obj for p in plan.objects]
