@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_LABEL = "kubevirt-standin"
 POLL_SECONDS = 0.2
+MAX_EVENTS = 500
 # The phases each side walks through, one per pass (VirtualMachineInstanceMigrationPhase,
 # staging/src/kubevirt.io/api/core/v1/types.go; the order of processMigrationPhase in
 # pkg/virt-controller/watch/migration/migration.go).
@@ -131,6 +132,7 @@ class KubeVirtStandIn:
         log.info("stand-in %s: %s", cluster.name, text)
         with self._lock:
             self.events.append(f"{cluster.name}: {text}")
+            del self.events[:-MAX_EVENTS]  # the demo may run for hours
 
     # --- one pass ------------------------------------------------------------------------------
     def tick(self) -> None:

@@ -251,6 +251,21 @@ def test_failure_is_cleaned_up_and_a_second_run_succeeds(
     assert get_json(target, ns, "vm", VM)["spec"]["runStrategy"] == "Always"
 
 
+def test_a_timeout_is_a_failure_with_the_clean_up(pair: list[Cluster],
+                                                  fresh: KubeVirtStandIn) -> None:
+    source, target = pair
+    ns = migration_namespace(pair, "mig-slow")
+    make_source(source, ns)
+    fresh.hold_migrations = True  # stuck in WaitingForSync/Synchronizing (kubevirt #17317)
+    result = migrate(*argv("run", source, ns, target, "--yes", "--timeout", "15s"))
+    assert result.returncode == 1, explain(fresh, result)
+    # (how far it got in 15 s depends on the machine's load; that it stops does not)
+    assert "TIMED OUT: target VMIM phase" in result.stdout
+    assert "cleaned up: deleted" in result.stdout
+    assert vmims(target, ns) == [] and vmims(source, ns) == []
+    assert get_json(target, ns, "vm", VM) is None
+
+
 def test_sigint_cancels_by_deleting_both_vmims(pair: list[Cluster], fresh: KubeVirtStandIn,
                                                tmp_path: Path) -> None:
     source, target = pair
