@@ -22,7 +22,7 @@ demo: venv testbin
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench doctor tools/image
+	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench doctor migrate tools/image
 
 unit: venv
 	$(VENV)/bin/pytest -m 'not e2e' -q

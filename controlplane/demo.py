@@ -3,10 +3,13 @@
 Two clusters (`source`, `target`) with the KubeVirt CRDs, a KubeVirt CR with the
 DecentralizedLiveMigration gate on and a real CA in `kubevirt-ca` in each; one `dlm-guard serve`
 per cluster, registered as its admission webhooks. Then the documented decentralized-migration
-example is applied with kubectl: one rejection, the mutations, and one `dlm-guard reconcile
---once` pass that puts each cluster's CA into its peer's `kubevirt-external-ca` inbox.
+example: a rejection and a mutation shown with kubectl, the source VM moved to the target
+cluster by `dlm-guard migrate run`, and one `dlm-guard reconcile --once` pass that puts each
+cluster's CA into its peer's `kubevirt-external-ca` inbox.
 
-Nothing runs KubeVirt: the demo writes the VMIs and the KubeVirt CR status that KubeVirt would.
+Nothing runs KubeVirt: the demo writes the source VMI and the CDI and KubeVirt CR status that
+KubeVirt would, and the KubeVirt stand-in (controlplane/kubevirt_standin.py) plays
+virt-controller for the migration itself.
 Everything stays up until Ctrl-C / SIGTERM (or `--exit-after-setup`), then is torn down.
 """
 
@@ -34,6 +37,7 @@ from controlplane.binaries import Binaries
 from controlplane.cluster import Cluster, ClusterStartError, start_clusters
 from controlplane.crds import crds_dir, install_crds_on
 from controlplane.kubectl import KubectlError, kubectl
+from controlplane.kubevirt_standin import NAMESPACE_LABEL, KubeVirtStandIn, StandInCluster
 from controlplane.process import Launcher
 from controlplane.webhooks import (
     WebhookError,
@@ -41,13 +45,16 @@ from controlplane.webhooks import (
     register_webhooks,
     start_webhook_server,
 )
+from migrate.kube import Kube, api_client
 
 SOURCE, TARGET = "source", "target"
 KUBEVIRT_NS = "kubevirt"
 VM = "example-decentralized-lm-vm"
-# What the target's synchronization controller would publish (docs/kubevirt-facts.md, "connectURL":
-# pod IP + port 9185).
-SYNC_ADDRESS = "10.244.1.17:9185"
+DV = "example-decentralized-lm-vm-dv"
+DEMO_NAMESPACE = "default"
+# What the synchronization controllers would publish (the leader pod's IP + port 9185); the
+# KubeVirt stand-in writes them into each KubeVirt CR's status.
+SYNC_ADDRESSES = {SOURCE: ["10.244.0.17:9185"], TARGET: ["10.244.1.17:9185"]}
 ID_LABEL, ROLE_LABEL = "dlm-guard.io/migration-id", "dlm-guard.io/role"
 READY_LINE = "demo ready"
 
@@ -185,6 +192,32 @@ spec:
 status:
   phase: Running
 """,
+    "source-dv.yaml": f"""\
+# Played by the demo: the source VM's disk as CDI made it (its status is patched in).
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: {DV}
+spec:
+  source:
+    blank: {{}}
+  storage:
+    resources:
+      requests:
+        storage: 10Gi
+""",
+    "source-pvc.yaml": f"""\
+# Played by the demo: the claim CDI bound for the source DataVolume (status patched in).
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {DV}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests:
+      storage: 10Gi
+""",
 }
 
 
@@ -283,8 +316,8 @@ def _kubevirt(cluster: Cluster, examples: dict[str, Path], directory: Path) -> P
     # One kubectl call (it applies files in order, the namespace first): each call costs a
     # process start and, on a fresh cache, API discovery.
     kubectl(cluster, "apply", *(arg for f in files for arg in ("-f", str(f))))
-    status = {"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.7.0",
-                         "synchronizationAddresses": [SYNC_ADDRESS]}}
+    # synchronizationAddresses: published by the stand-in's virt-operator part
+    status = {"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.7.0"}}
     kubectl(cluster, "patch", "kubevirt", "kubevirt", "-n", KUBEVIRT_NS, "--subresource=status",
             "--type=merge", "-p", json.dumps(status))
     return ca_file
@@ -321,51 +354,38 @@ def show_rejection(target: Cluster, examples: dict[str, Path]) -> None:
 
 
 def show_vm_mutation(target: Cluster, examples: dict[str, Path]) -> None:
-    step("The clean target VM, without kubevirt.io/restore-run-strategy: accepted, annotated")
-    run(target, "apply", "-f", str(examples["target-vm.yaml"]))
-    run(target, "get", "vm", VM, "-o",
-        r"jsonpath=restore-run-strategy: {.metadata.annotations.kubevirt\.io/restore-run-strategy}")
-    annotations = get_json(target, "vm", VM)["metadata"].get("annotations") or {}
-    if "kubevirt.io/restore-run-strategy" not in annotations:
+    step("A target VM without kubevirt.io/restore-run-strategy (server-side dry-run): annotated")
+    result = run(target, "apply", "--dry-run=server", "-f", str(examples["target-vm.yaml"]),
+                 "-o", r"jsonpath=restore-run-strategy: "
+                       r"{.metadata.annotations.kubevirt\.io/restore-run-strategy}")
+    if "restore-run-strategy: Always" not in result.stdout:
         raise DemoError("the target VM came back without kubevirt.io/restore-run-strategy")
 
 
-def show_vmim_mutation(target: Cluster, examples: dict[str, Path]) -> str:
-    """The target VMIM gets a generated migrationID and labels; returns the ID."""
-    step("KubeVirt (played by the demo) starts the receiving VMI")
-    run(target, "apply", "-f", str(examples["target-vmi.yaml"]))
-    step("A target VMIM with an empty migrationID: dlm-guard generates one and adds labels")
-    vmim = examples["target-vmim.yaml"]
-    _until_admitted(target, vmim)  # the webhook learns about the VMI from a watch
-    run(target, "apply", "-f", str(vmim))
-    run(target, "get", "vmim", "example-target-migration", "-o", "jsonpath={.spec}")
-    run(target, "get", "vmim", "-L", ID_LABEL, "-L", ROLE_LABEL)
-    stored = get_json(target, "vmim", "example-target-migration")
-    migration_id = str(stored["spec"]["receive"]["migrationID"])
-    if not migration_id or stored["metadata"].get("labels", {}).get(ID_LABEL) != migration_id:
-        raise DemoError("the target VMIM has no generated migrationID or pairing labels")
-    return migration_id
-
-
-def _until_admitted(cluster: Cluster, manifest: Path, timeout: float = 10.0) -> None:
-    """Server-side dry runs (nothing stored) until the webhook's cache has caught up."""
-    deadline = time.monotonic() + timeout
-    while kubectl(cluster, "apply", "--dry-run=server", "-f", str(manifest),
-                  check=False).returncode != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def show_source(source: Cluster, target: Cluster, examples: dict[str, Path],
-                migration_id: str, root: Path) -> None:
-    step("The source side: VM and running VMI, then the source VMIM with the same migrationID")
-    run(source, "apply", "-f", str(examples["source-vm.yaml"]))
-    run(source, "apply", "-f", str(examples["source-vmi.yaml"]))
-    addresses = get_json(target, "kubevirt", "kubevirt", "-n", KUBEVIRT_NS)["status"]
-    manifest = root / "examples" / "source-vmim.yaml"
-    manifest.write_text(source_vmim(migration_id, addresses["synchronizationAddresses"][0]))
-    _until_admitted(source, manifest)
-    run(source, "apply", "-f", str(manifest))
-    run(source, "get", "vmim", "-L", ID_LABEL, "-L", ROLE_LABEL)
+def show_migration(source: Cluster, target: Cluster, examples: dict[str, Path]) -> None:
+    """The source VM, then `dlm-guard migrate run` moves it to the target cluster."""
+    step("The source side (played by the demo): the VM, its disk as CDI left it, its VMI")
+    run(source, "apply", *(arg for name in ("source-pvc.yaml", "source-dv.yaml",
+                                            "source-vm.yaml", "source-vmi.yaml")
+                           for arg in ("-f", str(examples[name]))))
+    for kind, status in (("pvc", {"phase": "Bound", "capacity": {"storage": "10Gi"}}),
+                         ("datavolume", {"phase": "Succeeded", "claimName": DV})):
+        kubectl(source, "patch", kind, DV, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": status}))
+    step("dlm-guard migrate run: every object checked by dlm-guard's rules, created in order, "
+         "both VMIMs watched (the KubeVirt stand-in plays virt-controller)")
+    argv = [sys.executable, "-m", "dlm_guard", "migrate", "run", VM, "-n", DEMO_NAMESPACE,
+            "--from", str(source.kubeconfig), "--to", str(target.kubeconfig), "--yes",
+            "--timeout", "2m"]
+    say("$ dlm-guard " + shlex.join(argv[3:]))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    say(_indented(result.stdout + result.stderr))
+    if result.returncode != 0:
+        raise DemoError(f"dlm-guard migrate run exited with {result.returncode}")
+    for cluster in (target, source):
+        run(cluster, "get", "vmim", "-L", ID_LABEL, "-L", ROLE_LABEL)
+        run(cluster, "get", "vm", VM, "-o",
+            f"jsonpath={cluster.name} VM runStrategy: {{.spec.runStrategy}}")
 
 
 def show_trust(sites: Sequence[Site]) -> None:
@@ -439,18 +459,31 @@ def _stage(args: argparse.Namespace, binaries: Binaries, stack: ExitStack) -> St
     install_crds_on(clusters, args.crds_dir or crds_dir())
     examples = write_examples(root / "examples")
     sites = _guard_all(clusters, root, examples, stack)
+    _start_standin(clusters, stack)
     for site in sites:
         say(f"    {site.cluster.name}: {site.cluster.server} "
             f"({site.cluster.version()['gitVersion']}), webhooks -> {site.server.url_base}")
     return Stage(sites, root, examples)
 
 
+def _start_standin(clusters: Sequence[Cluster], stack: ExitStack) -> None:
+    """The KubeVirt stand-in over both clusters, watching the demo's namespace."""
+    for cluster in clusters:
+        kubectl(cluster, "label", "namespace", DEMO_NAMESPACE, f"{NAMESPACE_LABEL}=on",
+                "--overwrite")
+    kubes = [Kube(c.name, api_client(str(c.kubeconfig))) for c in clusters]
+    for kube in kubes:
+        stack.callback(kube.close)
+    standin = KubeVirtStandIn([StandInCluster(c.name, k, SYNC_ADDRESSES[c.name])
+                               for c, k in zip(clusters, kubes, strict=True)])
+    stack.enter_context(standin)
+
+
 def _show(stage: Stage) -> None:
     source, target = (site.cluster for site in stage.sites)
     show_rejection(target, stage.examples)
     show_vm_mutation(target, stage.examples)
-    migration_id = show_vmim_mutation(target, stage.examples)
-    show_source(source, target, stage.examples, migration_id, stage.root)
+    show_migration(source, target, stage.examples)
     show_trust(stage.sites)
 
 

@@ -43,13 +43,17 @@ def assert_the_show_went_as_promised(out: str) -> None:
     # the rejection, as kubectl prints the API server's answer
     assert ('admission webhook "validate.dlm-guard.io" denied the request: [shareable-disk] '
             "spec.template.spec.domain.devices.disks[1].shareable") in out
-    # the mutations: restore annotation, generated migrationID with pairing labels
+    # the mutation: restore annotation (a server-side dry-run)
     assert "restore-run-strategy: Always" in out
-    generated = re.findall(rf"example-(target|source)-migration\s+example-decentralized-lm-vm"
-                           rf"\s+({GENERATED})\s+(target|source)", out)
+    # `dlm-guard migrate run`: one generated migrationID on both VMIMs, with pairing labels
+    generated = re.findall(rf"example-decentralized-lm-vm-(target|source)-[0-9a-f]{{10}}\s+"
+                           rf"Succeeded\s+example-decentralized-lm-vm\s+({GENERATED})\s+"
+                           rf"(target|source)", out)
     assert [(side, role) for side, _, role in generated] == [("target", "target"),
                                                              ("source", "source")]
     assert generated[0][1] == generated[1][1]  # one migrationID on both sides
+    assert "SUCCEEDED: target VM default/example-decentralized-lm-vm runStrategy Always" in out
+    assert "target VM runStrategy: Always" in out and "source VM runStrategy: Halted" in out
     # the reconciler put each cluster's CA into its peer's inbox
     assert "source/kubevirt-external-ca now holds: CN=kubevirt.io@target" in out
     assert "target/kubevirt-external-ca now holds: CN=kubevirt.io@source" in out
