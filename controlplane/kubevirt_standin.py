@@ -29,10 +29,11 @@ from dlm_guard.domain import (
     ANNOTATION_RESTORE_RUN_STRATEGY,
     PHASE_FAILED,
     PHASE_SUCCEEDED,
+    GateState,
     Obj,
     Role,
     annotations_of,
-    feature_gate_enabled,
+    feature_gate_state,
     get_path,
     is_final,
     is_receiver_vmi,
@@ -174,7 +175,7 @@ class KubeVirtStandIn:
         kv = snap.kubevirt
         if kv is None:
             return
-        wanted = cluster.addresses if feature_gate_enabled(kv) is not False else None
+        wanted = cluster.addresses if feature_gate_state(kv).state is not GateState.OFF else None
         if get_path(kv, "status", "synchronizationAddresses") != wanted:
             self._patch(cluster, kube.KUBEVIRT, kv, {"status": {"synchronizationAddresses":
                                                                 wanted}}, "status")

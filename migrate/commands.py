@@ -14,9 +14,10 @@ import yaml
 
 from dlm_guard.domain import (
     PHASE_SUCCEEDED,
+    GateState,
     Obj,
     Role,
-    feature_gate_enabled,
+    feature_gate_state,
     get_path,
     is_receiver_vmi,
     is_wait_as_receiver,
@@ -89,7 +90,7 @@ def _preflight_clusters(source: ClusterView, target_view: ClusterView, target: K
                   "webhook, the connect address comes from the target VMIM", file=sys.stderr)
         elif view.kubevirt is None:
             problems.append(f"{side}: no KubeVirt CR found: is KubeVirt installed?")
-        elif feature_gate_enabled(view.kubevirt) is False:
+        elif feature_gate_state(view.kubevirt).state is GateState.OFF:
             problems.append(f"{side}: feature gate DecentralizedLiveMigration is off")
     if not _namespace_exists(target, target_ns):
         problems.append(f"target: namespace {target_ns} does not exist")

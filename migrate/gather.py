@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlm_guard.domain import (
+    LABEL_HASH_PREFIX,
     LABEL_MIGRATION_ID,
     LABEL_ROLE,
     Obj,
     Role,
     get_path,
     labels_of,
+    migration_id_label,
     migration_role,
     spec_migration_id,
     vmi_name,
@@ -20,11 +22,9 @@ from dlm_guard.domain import (
 from migrate import kube
 from migrate.kube import Kube, KubeError
 from migrate.plan import (
-    LABEL_HASH_PREFIX,
     PlanError,
     SourceState,
     claim_volumes,
-    migration_id_label,
     referenced_config_maps,
     referenced_secrets,
     template_spec,

@@ -27,8 +27,8 @@ from dlm_guard.domain import (
     Obj,
     Role,
     get_path,
-    is_valid_label_value,
     labels_of,
+    migration_id_label,
     name_of,
     namespace_of,
 )
@@ -40,8 +40,6 @@ CDI_API = "cdi.kubevirt.io/v1beta1"
 ANNOTATION_USE_POPULATOR = "cdi.kubevirt.io/storage.usePopulator"
 # kubectl's copy of the last applied manifest describes the source object, not ours.
 ANNOTATION_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-LABEL_HASH_PREFIX = "sha256-"
-LABEL_HASH_HEX = 56
 NAME_MAX = 253
 
 
@@ -146,15 +144,6 @@ CONNECT_PENDING = "connectURL pending"
 
 
 # --- Labels and names (DESIGN.md "Labels and annotations we own") -----------------------
-def migration_id_label(migration_id: str) -> str:
-    """The `dlm-guard.io/migration-id` label value: the ID itself when it is a valid label
-    value, else `sha256-` + 56 hex digits of its SHA-256, the same in both clusters."""
-    if is_valid_label_value(migration_id):
-        return migration_id
-    digest = hashlib.sha256(migration_id.encode()).hexdigest()
-    return LABEL_HASH_PREFIX + digest[:LABEL_HASH_HEX]
-
-
 def vmim_name(vm_name: str, role: Role, migration_id: str) -> str:
     """A deterministic VMIM name, so a resumed run finds the one it made (DNS subdomain)."""
     digest = hashlib.sha256(migration_id.encode()).hexdigest()[:10]
