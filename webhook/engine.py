@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dlm_guard.domain import (
     KIND_VM,
@@ -32,12 +32,19 @@ from webhook.policy import Mode, Policy
 CREATE, UPDATE = "CREATE", "UPDATE"
 
 
+class ClusterSource(Protocol):
+    """Where a review's cluster state comes from: an ObjectStore (tests, a frozen state) or
+    the webhook's cache (webhook/cache.py), which gives a fresh consistent view per call."""
+
+    def view(self) -> ObjectStore: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a review depends on besides the request itself."""
 
     policy: Policy
-    cluster: ObjectStore | None  # None = offline: rules needing cluster state are skipped
+    cluster: ClusterSource | None  # None = offline: rules needing cluster state are skipped
     new_id: Callable[[], str]  # random suffix for generated migrationIDs (>= 48 bits)
 
 
@@ -112,6 +119,7 @@ class Evaluation:
     """Every finding of one review that the policy does not turn off, in rule order."""
 
     findings: tuple[RatedFinding, ...] = ()
+    notices: tuple[str, ...] = ()  # warnings that are no rule's finding (stale cluster state)
 
     def in_mode(self, mode: Mode) -> list[RatedFinding]:
         return [rated for rated in self.findings if rated.mode is mode]
@@ -123,7 +131,7 @@ class Evaluation:
         return "WARN" if self.findings else "ALLOW"
 
     def decision(self) -> Decision:
-        warnings = [str(rated) for rated in self.in_mode(Mode.WARN)]
+        warnings = [*self.notices, *(str(rated) for rated in self.in_mode(Mode.WARN))]
         denials = self.in_mode(Mode.ENFORCE)
         return Decision.deny(denials, warnings) if denials else Decision.allow(warnings)
 
@@ -139,7 +147,21 @@ def evaluate(request: Mapping[str, Any], ctx: Context) -> Evaluation:
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy):
         return Evaluation()
-    return rate(findings_for(parsed, ctx.cluster), ctx.policy)
+    # One view for the whole review: every lookup of its rules sees the same cluster state.
+    cluster = ctx.cluster.view() if ctx.cluster is not None else None
+    if cluster is not None and cluster.stale is not None:
+        evaluation = rate(findings_for(parsed, None), ctx.policy)
+        if needs_cluster(parsed):
+            notice = f"{cluster.stale}: cluster-state rules were skipped for this request"
+            evaluation = Evaluation(evaluation.findings, (notice,))
+        return evaluation
+    return rate(findings_for(parsed, cluster), ctx.policy)
+
+
+def needs_cluster(request: Request) -> bool:
+    """Whether the cluster-state rules look at this request (see findings_for)."""
+    return (request.kind == KIND_VMIM and request.operation == CREATE
+            and is_decentralized(request.object or {}))
 
 
 def findings_for(request: Request, cluster: ObjectStore | None) -> list[Finding]:

@@ -30,7 +30,7 @@ from webhook.policy import CLUSTER_RULES, Policy, PolicyError, load_policy
 from webhook.server import CONTEXT, IN_FLIGHT, ReadyCheck, create_app
 
 if TYPE_CHECKING:  # webhook.cache pulls in the kubernetes client: imported on use only
-    from webhook.cache import ClusterCache
+    from webhook.cache import WebhookCluster
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,14 @@ def build(args: argparse.Namespace) -> web.Application:
     policy = _load_policy(args.config)
     files = _tls_files(args)
     tls = _serving_tls(files)
-    cache = None if args.offline else _cluster_cache(args.kubeconfig)
+    cache = None if args.offline else _cluster_cache(args.kubeconfig, args.stale_after)
     metrics = AdmissionMetrics()
     register_expiry_gauge(metrics.registry, tls)
     checks: list[ReadyCheck] = [_cert_check(tls)]
     if cache is not None:
         checks.append(cache.not_ready_reason)
-    ctx = Context(policy=policy, cluster=cache.store if cache is not None else None,
-                  new_id=random_suffix)
+        _register_watch_health(metrics, cache)
+    ctx = Context(policy=policy, cluster=cache, new_id=random_suffix)
     app = create_app(ctx, metrics=metrics, ready_checks=checks)
     app[SERVING_TLS] = tls
     app.cleanup_ctx.append(_reload_ctx(tls, args.cert_reload_interval))
@@ -180,23 +180,27 @@ def _serving_tls(files: TLSFiles) -> ServingTLS:
         raise StartupError(str(err)) from None
 
 
-def _cluster_cache(kubeconfig: str | None) -> ClusterCache:
+def _cluster_cache(kubeconfig: str | None, stale_after: float) -> WebhookCluster:
     # Imported here: the kubernetes client is slow to import and --offline never needs it.
-    from webhook.cache import (
-        ClusterCache,
-        ClusterConfigError,
-        KubeSource,
-        load_api_client,
-        resolve_kube_config,
-    )
+    from dlm_guard.kube.config import ClusterConfigError, load_api_client, resolve_kube_config
+    from webhook.cache import WebhookCluster
 
+    if not stale_after > 0 or stale_after == float("inf"):
+        raise StartupError(f"--stale-after must be a positive number of seconds, "
+                           f"not {stale_after:g}")
     try:
         config = resolve_kube_config(kubeconfig, os.environ, Path.home())
         api_client = load_api_client(config)
     except ClusterConfigError as err:
         raise StartupError(str(err)) from None
     log.info("watching cluster %s", api_client.configuration.host, extra={"config": config})
-    return ClusterCache(KubeSource(api_client))
+    return WebhookCluster.for_client(api_client, stale_after)
+
+
+def _register_watch_health(metrics: AdmissionMetrics, cache: WebhookCluster) -> None:
+    from dlm_guard.kube.metrics import WatchHealthCollector
+
+    metrics.registry.register(WatchHealthCollector(lambda: {"": cache.cache}))
 
 
 def _cert_check(tls: ServingTLS) -> ReadyCheck:
@@ -220,7 +224,7 @@ def _reload_ctx(tls: ServingTLS, interval: float) -> Callable[[Any], AsyncIterat
     return sighup_only
 
 
-def _cache_ctx(cache: ClusterCache) -> Callable[[Any], AsyncIterator[None]]:
+def _cache_ctx(cache: WebhookCluster) -> Callable[[Any], AsyncIterator[None]]:
     async def lifetime(_app: Any) -> AsyncIterator[None]:
         cache.start()
         try:

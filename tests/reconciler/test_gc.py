@@ -19,9 +19,9 @@ from gc_factories import MIN, NOW, stamp, vm, vmi, vmim
 
 from dlm_guard.store import ObjectStore
 from reconciler.gc import (
-    REASONS,
     Deletion,
     GcMemory,
+    GcReason,
     GcSettings,
     decide_gc,
     parse_time,
@@ -52,8 +52,8 @@ def stores(snapshot: Snapshot) -> dict[str, ObjectStore | None]:
 def run(case: Case) -> list[Deletion]:
     memory = GcMemory()
     for ago, snapshot in case.history:
-        decide_gc(stores(snapshot), case.managed, NOW - ago, SETTINGS, memory)
-    return decide_gc(stores(case.now), case.managed, NOW, SETTINGS, memory)
+        memory = decide_gc(stores(snapshot), case.managed, NOW - ago, SETTINGS, memory).memory
+    return decide_gc(stores(case.now), case.managed, NOW, SETTINGS, memory).deletions
 
 
 def summary(deletions: Sequence[Deletion]) -> Expected:
@@ -274,7 +274,7 @@ def test_output_is_sorted_unique_and_carries_uids(case: Case) -> None:
     deletions = run(case)
     assert deletions == sorted(deletions, key=Deletion.sort_key)
     assert len({(d.cluster, d.kind, d.namespace, d.name) for d in deletions}) == len(deletions)
-    assert all(d.reason in REASONS and d.uid and d.detail for d in deletions)
+    assert all(isinstance(d.reason, GcReason) and d.uid and d.detail for d in deletions)
 
 
 def test_vmim_before_its_vm_and_clusters_in_order() -> None:
@@ -295,7 +295,7 @@ def test_missing_uid_is_none() -> None:
 def test_settings_are_honoured() -> None:
     snapshot = pair([target("Failed", 2 * MIN)], [source(ago=20 * MIN)])
     short = GcSettings(grace=timedelta(minutes=1), stuck_timeout=timedelta(minutes=10))
-    got = decide_gc(stores(snapshot), MANAGED, NOW, short, GcMemory())
+    got = decide_gc(stores(snapshot), MANAGED, NOW, short, GcMemory()).deletions
     assert summary(got) == {("dst", "vmim", "t", "failed-target"), ("src", "vmim", "s", "stuck")}
 
 
@@ -305,20 +305,20 @@ def test_defaults() -> None:
 
 
 def test_memory_forgets_gone_vmims_but_keeps_unreachable_clusters() -> None:
-    memory = GcMemory()
-    decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW, SETTINGS, memory)
-    assert ("dst", "ns", "t", "uid-t") in memory.peer_missing_since
-    decide_gc(stores({"dst": None, "src": []}), MANAGED, NOW, SETTINGS, memory)
-    assert ("dst", "ns", "t", "uid-t") in memory.state_since
-    decide_gc(stores({"dst": [], "src": []}), MANAGED, NOW, SETTINGS, memory)
-    assert memory == GcMemory()
+    first = decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW, SETTINGS, GcMemory()).memory
+    assert ("dst", "ns", "t", "uid-t") in first.peer_missing_since
+    second = decide_gc(stores({"dst": None, "src": []}), MANAGED, NOW, SETTINGS, first).memory
+    assert ("dst", "ns", "t", "uid-t") in second.state_since
+    assert first.peer_missing_since  # the argument is not changed
+    third = decide_gc(stores({"dst": [], "src": []}), MANAGED, NOW, SETTINGS, second).memory
+    assert third == GcMemory()
 
 
 def test_recreated_vmim_starts_with_fresh_memory() -> None:
-    memory = GcMemory()
-    decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW - 20 * MIN, SETTINGS, memory)
+    memory = decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW - 20 * MIN, SETTINGS,
+                       GcMemory()).memory
     recreated = pair([target(ago=16 * MIN, uid="uid-new"), *TARGET_VM])
-    assert decide_gc(stores(recreated), MANAGED, NOW, SETTINGS, memory) == []
+    assert decide_gc(stores(recreated), MANAGED, NOW, SETTINGS, memory).deletions == []
 
 
 def test_decisions_do_not_mutate_snapshots() -> None:

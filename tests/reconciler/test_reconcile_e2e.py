@@ -13,13 +13,14 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,14 +35,17 @@ from certs.bundle import parse_bundle, to_pem
 from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
-from reconciler import cli, gather
-from reconciler.act import Actor
+from dlm_guard.kube.api import ApiSource
+from reconciler import cli, service
+from reconciler.act import Actor, ActOutcome
 from reconciler.clusters import Registry
-from reconciler.gc import Deletion
+from reconciler.gc import Deletion, GcReason
 from reconciler.leader import LeaderElector, LeaseConfig
-from reconciler.loop import PassReport, Reconciler, Service
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.passes import PassReport
+from reconciler.service import Service
 from reconciler.trust import CaWrite
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -187,16 +191,11 @@ def run_once(pair: tuple[Cluster, Cluster], *extra: str, manage: tuple[str, ...]
     settings = cli.settings_from_args(flags(pair, "--once", *extra, manage=manage))
     registry = Registry(settings)
     try:
-        return Reconciler(settings, registry, metrics or ReconcilerMetrics()).run_pass()
+        report = service.run_once(settings, registry, metrics or ReconcilerMetrics())
     finally:
         registry.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
+    assert report is not None
+    return report
 
 
 # --- CA trust ----------------------------------------------------------------------------------
@@ -252,31 +251,43 @@ def test_a_read_only_cluster_is_never_written(pair, east, west, cas):
 
 
 # --- the long-running service: watch-driven passes, /healthz, /metrics ----------------------------
+class Running:
+    """The service on a thread of its own, as in a pod; stop() as SIGTERM would."""
+
+    def __init__(self, pair: tuple[Cluster, Cluster], *extra: str) -> None:
+        self.settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", *extra))
+        self.registry = Registry(self.settings)
+        self.service = Service(self.settings, self.registry, ReconcilerMetrics())
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(self.service.run(host="127.0.0.1"))
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="service")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+    def stop(self, timeout: float) -> bool:
+        """Cancel the service; True when its thread ended within `timeout` seconds."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self.thread.join(timeout)
+        self.registry.close()
+        return not self.thread.is_alive()
+
+
 @contextlib.contextmanager
 def serving(pair: tuple[Cluster, Cluster]) -> Iterator[Service]:
-    """The service (resync 1h) on a thread, yielded once its first pass ran and every watch
-    has listed: changes from then on are seen."""
-    settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", "--resync-period", "1h"))
-    registry = Registry(settings)
-    service = Service(settings, registry, ReconcilerMetrics())
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(service.run(host="127.0.0.1"))
-
-    def serve() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    """The service (resync 1h) on a thread, yielded once every cache has listed: changes
+    from then on are seen."""
+    running = Running(pair, "--resync-period", "1h")
     try:
-        eventually(lambda: service.port is not None and service.watches.all_ready())
-        yield service
+        eventually(lambda: running.service.port is not None and running.service.watches.caches
+                   and running.service.watches.all_synced(), timeout=20)
+        yield running.service
     finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=30)
-        registry.close()
-    assert not thread.is_alive()
+        stopped = running.stop(timeout=5)
+    assert stopped
 
 
 def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, cas):
@@ -304,47 +315,49 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
     west.merge_inbox()
 
 
-def test_ca_events_run_ca_passes_that_list_no_vmims_and_vmim_events_full_ones(
-        pair, east, west, cas, monkeypatch):
-    listed: list[str] = []
-    real_list = gather.list_kubevirt
+def test_passes_read_the_caches_and_never_list(pair, east, west, cas, monkeypatch):
+    """A change reaches a pass through the watches; the pass itself makes no list call,
+    whatever the number of objects (the CA-only pass of before is no longer needed)."""
+    lists: list[str] = []
+    real_list = ApiSource.list_page
 
-    def counting_list(api: k8s.ApiClient, kind: str, timeout: float) -> list[dict[str, Any]]:
-        listed.append(kind)
-        return real_list(api, kind, timeout)
+    def counting(self: ApiSource, resource: Any, selector: Any, token: str | None) -> Any:
+        lists.append(resource.kind)
+        return real_list(self, resource, selector, token)
 
-    monkeypatch.setattr(gather, "list_kubevirt", counting_list)
-    with serving(pair) as service:
-        scopes: list[str] = []
-
-        def recording(method: Callable[[], PassReport], scope: str) -> Callable[[], PassReport]:
-            def run() -> PassReport:
-                scopes.append(scope)
-                return method()
-            return run
-
-        for name, scope in (("run_pass", "full"), ("run_ca_pass", "ca")):
-            monkeypatch.setattr(service.reconciler, name,
-                                recording(getattr(service.reconciler, name), scope))
-        assert listed  # the first pass is a full one
-        listed.clear()
+    monkeypatch.setattr(ApiSource, "list_page", counting)
+    with serving(pair) as running:
+        listed_at_start = len(lists)
+        assert listed_at_start >= 10  # 5 caches per cluster, each listed once
         west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
                         to_pem([cas["west4"]]))
         eventually(lambda: east.bundle("kubevirt-external-ca") == to_pem([cas["west4"]]))
-        # Our write echoes back on east's inbox watch: one more CA pass, still no lists.
-        eventually(lambda: len(scopes) >= 2)
-        assert set(scopes) == {"ca"} and listed == []
-
         east.ensure_namespace(VM_NS)
         east.create("virtualmachineinstancemigrations", vmim("probe-in", "receive", "probe",
                                                              "probe"))
         try:
-            eventually(lambda: "full" in scopes)
-            eventually(lambda: "VirtualMachineInstanceMigration" in listed)
+            eventually(lambda: running.watches.caches["east"].view().get(
+                "VirtualMachineInstanceMigration", VM_NS, "probe-in") is not None)
         finally:
             east.custom.delete_namespaced_custom_object(
                 "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations", "probe-in")
+        assert len(lists) == listed_at_start
     east.merge_inbox()
+
+
+def test_the_service_stops_within_5s_wherever_it_is_stopped(pair):
+    """Stopped at random points of its start-up (lists in flight, first pass) and of its
+    pass cycle (resync every second): gone within 5 s each time, its watches too."""
+    rng = random.Random(20261204)
+    for _ in range(12):
+        running = Running(pair, "--resync-period", "1s")
+        time.sleep(rng.uniform(0.0, 1.5))  # the random point to stop at, not a wait
+        started = time.monotonic()
+        assert running.stop(timeout=5), "service thread alive 5 s after cancellation"
+        assert time.monotonic() - started < 5
+        leftover = [t.name for t in threading.enumerate()
+                    if t.name.startswith(("watch-east/", "watch-west/", "reconcile-pass"))]
+        assert leftover == []
 
 
 # --- migration clean-up ---------------------------------------------------------------------------
@@ -414,7 +427,7 @@ def test_gc_dry_run_deletes_nothing(pair, east):
     east.set_status("virtualmachineinstancemigrations", "dry-in",
                     failed_status(datetime.now(UTC) - timedelta(minutes=1)))
     report = run_once(pair, "--gc-grace", "0", "--dry-run")
-    assert report.ok and [r.outcome for _, r in report.deletions] == ["dry-run", "dry-run"]
+    assert report.ok and [r.outcome for _, r in report.deletions] == [ActOutcome.DRY_RUN] * 2
     assert east.exists("virtualmachineinstancemigrations", "dry-in")
     assert east.exists("virtualmachines", "dry")
 
@@ -445,12 +458,12 @@ def test_gc_never_deletes_an_object_recreated_under_the_same_name(pair, east):
     registry = Registry(cli.settings_from_args(flags(pair)))
     try:
         stale = Deletion("east", "VirtualMachineInstanceMigration", VM_NS, "again",
-                         old["metadata"]["uid"], "failed-target")
+                         old["metadata"]["uid"], GcReason.FAILED_TARGET)
         result = Actor({c.name: c for c in registry.clusters}, dry_run=False, timeout=5.0,
                        metrics=ReconcilerMetrics()).delete(stale, old)
     finally:
         registry.close()
-    assert result.ok and result.outcome == "conflict"
+    assert result.ok and result.outcome is ActOutcome.CONFLICT
     assert east.exists("virtualmachineinstancemigrations", "again")
 
 
@@ -479,20 +492,21 @@ def test_in_a_pod_peers_come_from_labelled_secrets_without_restart(pair, east, w
     east.ensure_namespace("dlm")
     registry = Registry(settings, local_client=lambda: Api(pair[0]).client)
     try:
-        assert [c.name for c in registry.refresh()] == ["local"]
+        assert [c.name for c in registry.clusters] == ["local"]
         kubeconfig = base64.b64encode(pair[1].kubeconfig.read_bytes()).decode()
         east.core.create_namespaced_secret("dlm", k8s.V1Secret.model_validate({
             "metadata": {"name": "west-peer", "labels": {"dlm-guard.io/peer": "west"}},
             "data": {"kubeconfig": kubeconfig}}))
         west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
                         to_pem([cas["west3"]]))
-        report = Reconciler(settings, registry, ReconcilerMetrics()).run_pass()
-        assert report.ok, report.errors
+        report = service.run_once(settings, registry, ReconcilerMetrics())
+        assert report is not None and report.ok, report.errors
         assert sorted(c.name for c in registry.clusters) == ["local", "west"]
         assert east.bundle("kubevirt-external-ca") == to_pem([cas["west3"]])
         assert west.bundle("kubevirt-external-ca") == ""  # a peer from a Secret is read-only
         east.core.delete_namespaced_secret("west-peer", "dlm")
-        assert [c.name for c in registry.refresh()] == ["local"]
+        assert service.run_once(settings, registry, ReconcilerMetrics()) is not None
+        assert [c.name for c in registry.clusters] == ["local"]
     finally:
         registry.close()
         east.merge_inbox()
