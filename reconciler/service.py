@@ -139,7 +139,9 @@ class Service:
             await _wait_for(lambda: self._pass is None or self._pass.join(0), deadline)
         if self._leader is not None:
             await asyncio.to_thread(self._leader.release)
-        await _wait_for(lambda: self.watches.join(0), deadline)
+        if not await _wait_for(lambda: self.watches.join(0), deadline):
+            log.warning("watches still blocked at shutdown",
+                        extra={"watches": ",".join(self.watches.alive())})
         if runner is not None:
             await runner.cleanup()
 
@@ -200,7 +202,9 @@ def run_once(settings: Settings, registry: Registry, metrics: ReconcilerMetrics,
         return reconciler.run_pass()
     finally:
         watches.stop()
-        watches.join(STOP_TIMEOUT)
+        if not watches.join(STOP_TIMEOUT):
+            log.warning("watches still blocked at shutdown",
+                        extra={"watches": ",".join(watches.alive())})
         if leader is not None:
             leader.release()
 

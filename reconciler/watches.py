@@ -94,5 +94,9 @@ class ClusterWatches:
     def join(self, timeout: float) -> bool:
         """Wait, `timeout` seconds in all, for the threads of the stopped caches."""
         deadline = time.monotonic() + timeout
-        caches, self._stopped = self._stopped, []
-        return all([cache.join(max(deadline - time.monotonic(), 0.0)) for cache in caches])
+        self._stopped = [cache for cache in self._stopped
+                         if not cache.join(max(deadline - time.monotonic(), 0.0))]
+        return not self._stopped
+
+    def alive(self) -> list[str]:
+        return [label for cache in self._stopped for label in cache.alive()]

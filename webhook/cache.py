@@ -15,6 +15,7 @@ API server's failurePolicy then decides every call).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dlm_guard.kube.api import ApiSource
@@ -28,6 +29,8 @@ from dlm_guard.store import ObjectStore
 # already keeps spec.running).
 WEBHOOK_WATCHED = (Watched(VMI), Watched(VMIM), Watched(KUBEVIRT))
 DEFAULT_STALE_AFTER_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
 
 
 class WebhookCluster:
@@ -62,6 +65,9 @@ class WebhookCluster:
         """Stop the watches; True when their threads ended within `timeout` seconds."""
         self.cache.stop()
         ended = self.cache.join(timeout)
+        if not ended:
+            log.warning("cluster watches still blocked at shutdown",
+                        extra={"watches": ",".join(self.cache.alive())})
         if ended and isinstance(self.cache.source, ApiSource):
             self.cache.source.api.close()
         return ended

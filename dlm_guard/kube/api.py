@@ -7,7 +7,7 @@ blocked read at once (closing the buffered response instead would wait for that 
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from dlm_guard.kube.resources import Resource
+
+log = logging.getLogger(__name__)
 
 # The API server ends a watch after timeoutSeconds; we resume from the last resourceVersion.
 # The read timeout is longer, so only a dead connection trips it.
@@ -146,8 +148,10 @@ class WatchStream:
         if self._closed.is_set():
             return
         self._closed.set()
-        with contextlib.suppress(ValueError, OSError):
+        try:
             self._response.shutdown()
+        except Exception as err:  # already released or closed: nothing blocks on it
+            log.debug("watch socket shutdown: %s", describe_error(err))
 
     def release(self) -> None:
         """Drop the connection (from the reading thread, once it no longer reads)."""

@@ -59,13 +59,13 @@ class ClusterCache:
 
     def join(self, timeout: float) -> bool:
         """Wait, `timeout` seconds in all, for the threads; True when all have ended."""
-        deadline = self._clock() + timeout
-        ended = all([i.join(max(deadline - self._clock(), 0.0))
-                     for i in self.informers.values()])
-        if not ended:
-            alive = [i.label for i in self.informers.values() if not i.join(0)]
-            log.warning("watches still blocked at shutdown", extra={"watches": alive})
-        return ended
+        deadline = time.monotonic() + timeout
+        return all([i.join(max(deadline - time.monotonic(), 0.0))
+                    for i in self.informers.values()])
+
+    def alive(self) -> list[str]:
+        """The watches whose threads have not ended yet."""
+        return [i.label for i in self.informers.values() if not i.join(0)]
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the first list of every informer."""

@@ -355,3 +355,81 @@ def test_parse_time(text: object, expected: datetime | None) -> None:
 def test_phase_since(entries: object, expected: datetime | None) -> None:
     obj = {"status": {"phase": "Failed", "phaseTransitionTimestamps": entries}}
     assert phase_since(obj, "Failed") == expected
+
+
+# --- Evidence on the object: what survives restarts and `--once` ----------------------------
+def annotated(obj: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    copied = copy.deepcopy(obj)
+    copied["metadata"]["annotations"] = {f"dlm-guard.io/{k.replace('_', '-')}": v
+                                         for k, v in annotations.items()}
+    copied["metadata"]["resourceVersion"] = "41"
+    return copied
+
+
+def plan_for(snapshot: Snapshot, now: datetime = NOW, memory: GcMemory | None = None,
+             managed: tuple[str, ...] = MANAGED) -> Any:
+    return decide_gc(stores(snapshot), managed, now, SETTINGS, memory or GcMemory())
+
+
+def test_a_missing_peer_is_written_down_with_the_vmims_resource_version() -> None:
+    orphan = annotated(target(ago=16 * MIN), unused="x")
+    plan = plan_for(pair([orphan, *TARGET_VM]))
+    assert plan.deletions == []  # first sight: the clock starts now
+    [mark] = plan.marks
+    assert (mark.cluster, mark.name, mark.uid, mark.resource_version) == \
+        ("dst", "t", "uid-t", "41")
+    assert mark.annotations == {"dlm-guard.io/peer-missing-since": "2026-08-01T12:00:00Z"}
+
+
+def test_two_fresh_processes_ttl_apart_remove_the_orphan() -> None:
+    """The second `--once` run (or a new leader) knows nothing but the annotation."""
+    since = stamp(16 * MIN)
+    orphan = annotated(target(ago=16 * MIN), peer_missing_since=since)
+    plan = plan_for(pair([orphan, *TARGET_VM]))
+    assert summary(plan.deletions) == {("dst", "vmim", "t", "orphan")}
+    assert plan.marks == []  # deleted: no point annotating it
+    younger = annotated(target(ago=16 * MIN), peer_missing_since=stamp(14 * MIN))
+    assert plan_for(pair([younger, *TARGET_VM])).deletions == []
+
+
+def test_an_unreachable_cluster_clears_the_evidence_and_never_counts_as_absence() -> None:
+    orphan = annotated(target(ago=40 * MIN), peer_missing_since=stamp(30 * MIN))
+    plan = plan_for({"dst": [orphan, *TARGET_VM], "src": None})
+    assert plan.deletions == []
+    [mark] = plan.marks
+    assert mark.annotations == {"dlm-guard.io/peer-missing-since": None}  # removed
+
+
+def test_evidence_written_before_an_outage_of_the_vmims_own_cluster_is_not_trusted() -> None:
+    down = plan_for({"dst": None, "src": list(SOURCE_VM)}).memory
+    assert down.outages == {"dst"}
+    orphan = annotated(target(ago=40 * MIN), peer_missing_since=stamp(30 * MIN))
+    back = plan_for(pair([orphan, *TARGET_VM]), memory=down)
+    assert back.deletions == []
+    assert [m.annotations for m in back.marks] == [
+        {"dlm-guard.io/peer-missing-since": "2026-08-01T12:00:00Z"}]  # restarted now
+    assert back.memory.outages == frozenset()
+
+
+def test_a_peer_that_shows_up_clears_the_evidence() -> None:
+    waiting = annotated(target(ago=5 * MIN), peer_missing_since=stamp(4 * MIN))
+    plan = plan_for(pair([waiting, *TARGET_VM], [source()]))
+    assert [m.annotations for m in plan.marks] == [{"dlm-guard.io/peer-missing-since": None}]
+
+
+def test_a_failure_without_upstream_timestamp_gets_our_clock_on_the_object() -> None:
+    first = plan_for(NO_TIMESTAMPS_FAILED)
+    assert first.deletions == []
+    assert {m.name: dict(m.annotations) for m in first.marks}["t"] == {
+        "dlm-guard.io/state-since": "Failed 2026-08-01T12:00:00Z"}
+    failed = annotated(target("Failed", None), state_since=f"Failed {stamp(6 * MIN)}")
+    later = plan_for(pair([failed, *TARGET_VM], [source()]))
+    assert ("dst", "vmim", "t", "failed-target") in summary(later.deletions)
+    stale_state = annotated(target("Failed", None), state_since=f"Running {stamp(6 * MIN)}")
+    assert plan_for(pair([stale_state, *TARGET_VM], [source()])).deletions == []
+
+
+def test_no_evidence_is_written_where_we_may_not_write() -> None:
+    assert plan_for(ORPHAN_TARGET, managed=("src",)).marks == []
+    terminating = pair([target(ago=16 * MIN, terminating=True), *TARGET_VM])
+    assert plan_for(terminating).marks == []

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -40,6 +41,7 @@ from reconciler import cli, service
 from reconciler.act import Actor, ActOutcome
 from reconciler.clusters import Registry
 from reconciler.gc import Deletion, GcReason
+from reconciler.gc import parse_time as gc_parse_time
 from reconciler.leader import LeaderElector, LeaseConfig
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.passes import PassReport
@@ -545,6 +547,55 @@ def test_the_command_holds_the_lease_and_releases_it_on_sigterm(pair, east):
     assert lease["spec"]["holderIdentity"] == ""  # handed over, not left to expire
 
 
+# --- clean-up evidence on the object: two `--once` runs, an unreachable cluster ------------------
+MISSING_SINCE = "dlm-guard.io/peer-missing-since"
+
+
+def dead_cluster_flag(pair: tuple[Cluster, Cluster], tmp_path: Any) -> tuple[str, str]:
+    """A third cluster whose API server does not answer (nothing listens on port 1)."""
+    config = yaml.safe_load(pair[0].kubeconfig.read_text())
+    for entry in config["clusters"]:
+        entry["cluster"]["server"] = "https://127.0.0.1:1"
+    path = tmp_path / "dead.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return "--cluster", f"dead={path}"
+
+
+def annotations(api: Api, name: str) -> dict[str, str]:
+    obj = api.custom.get_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations", name)
+    return dict(obj["metadata"].get("annotations") or {})
+
+
+def test_two_once_runs_orphan_ttl_apart_remove_an_orphan_and_outages_never_count(
+        pair, east, tmp_path):
+    east.ensure_namespace(VM_NS)
+    east.create("virtualmachineinstancemigrations", vmim("lonely-in", "receive", "lonely",
+                                                         "lonely"))
+    ttl = ("--orphan-ttl", "3s")
+    assert run_once(pair, *ttl).ok  # first sight: the evidence goes on the object
+    since = gc_parse_time(annotations(east, "lonely-in")[MISSING_SINCE])
+    assert since is not None and abs((datetime.now(UTC) - since).total_seconds()) < 30
+
+    # A cluster that cannot be reached: never evidence of absence, the clock restarts.
+    eventually(lambda: datetime.now(UTC) > since + timedelta(seconds=4))
+    report = run_once(pair, *ttl, *dead_cluster_flag(pair, tmp_path))
+    assert not report.ok and any("dead" in e for e in report.errors)
+    assert east.exists("virtualmachineinstancemigrations", "lonely-in")
+    assert MISSING_SINCE not in annotations(east, "lonely-in")
+
+    assert run_once(pair, *ttl).ok  # a fresh process: starts the clock again
+    restarted = gc_parse_time(annotations(east, "lonely-in")[MISSING_SINCE])
+    assert restarted is not None and restarted >= since
+    assert east.exists("virtualmachineinstancemigrations", "lonely-in")
+    eventually(lambda: datetime.now(UTC) > restarted + timedelta(seconds=4))
+    report = run_once(pair, *ttl)  # another fresh process, ttl later: removes it
+    assert report.ok, report.errors
+    assert ("lonely-in", GcReason.ORPHAN, ActOutcome.DELETED) in [
+        (d.name, d.reason, r.outcome) for d, r in report.deletions]
+    assert not east.exists("virtualmachineinstancemigrations", "lonely-in")
+
+
 # --- a peer goes down (keep last: it stops west's apiserver) ------------------------------------
 def test_a_peer_going_down_leaves_the_other_cluster_intact_and_reports_the_error(pair, east):
     names = ("kubevirt-ca", "kubevirt-external-ca")
@@ -562,9 +613,12 @@ def test_a_peer_going_down_leaves_the_other_cluster_intact_and_reports_the_error
     assert {n: (east.rv(n), east.bundle(n)) for n in names} == before
     vmims_after = east.custom.list_namespaced_custom_object(
         "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations")["items"]
-    # Orphan clean-up needs every cluster reachable: nothing of east's was deleted.
-    assert [o["metadata"]["resourceVersion"] for o in vmims_after] == \
-        [o["metadata"]["resourceVersion"] for o in vmims_before]
+    # Orphan clean-up needs every cluster reachable: nothing of east's was deleted, and the
+    # absence evidence on them is gone (the clocks restart once west is back).
+    assert [o["metadata"]["uid"] for o in vmims_after] == \
+        [o["metadata"]["uid"] for o in vmims_before]
+    assert not [o for o in vmims_after
+                if MISSING_SINCE in (o["metadata"].get("annotations") or {})]
     text = metrics.exposition().decode()
     assert 'dlm_guard_cluster_up{cluster="west"} 0.0' in text
     assert 'dlm_guard_cluster_up{cluster="east"} 1.0' in text
