@@ -8,6 +8,7 @@ grow with the number of objects, and a CA rotation needs no special, narrower ki
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ class Reconciler:
         self._watches.sync(self._registry.refresh(self._watches.peer_secrets()))
 
     def run_pass(self) -> PassReport:
+        started = time.perf_counter()
         now = self._clock()
         self.refresh_clusters()
         clusters = self._registry.clusters
@@ -80,7 +82,9 @@ class Reconciler:
         self.gc_memory = plan.memory
         self._act_gc(actor, plan, gathered, report)
         self._metrics.passes.labels("ok" if report.ok else "error").inc()
-        log.info("reconcile pass done", extra=_summary(report, len(clusters)))
+        log.info("reconcile pass done", extra={
+            **_summary(report, len(clusters)),
+            "seconds": round(time.perf_counter() - started, 4)})
         return report
 
     def _trust(self, actor: Actor, gathered: GatherResult, managed: frozenset[str],
