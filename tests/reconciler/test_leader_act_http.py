@@ -16,7 +16,7 @@ from dlm_guard.domain import KIND_VM, KIND_VMI, KIND_VMIM
 from reconciler import service
 from reconciler.act import Actor, event_body
 from reconciler.clusters import Cluster, ClusterConfig
-from reconciler.gc import Deletion
+from reconciler.gc import Deletion, GcReason
 from reconciler.http import make_app, start_server
 from reconciler.leader import LeaseConfig, Step, decide_lease, lease_body, micro_time
 from reconciler.metrics import ReconcilerMetrics
@@ -82,7 +82,7 @@ def actor(**kwargs: Any) -> tuple[Actor, ReconcilerMetrics]:
 
 
 def deletion(kind: str = KIND_VMIM, cluster_name: str = "a", uid: str | None = "u") -> Deletion:
-    return Deletion(cluster_name, kind, "ns", "n", uid, "failed-target")
+    return Deletion(cluster_name, kind, "ns", "n", uid, GcReason.FAILED_TARGET)
 
 
 def test_losing_the_lease_stops_writes_and_deletions_before_any_api_call():

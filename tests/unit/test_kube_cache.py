@@ -67,8 +67,9 @@ def test_upsert_projects_and_never_changes_the_old_table() -> None:
 
 
 def test_an_update_of_fields_nobody_reads_keeps_the_same_table() -> None:
-    vmi = {"kind": KIND_VMI, "metadata": {"name": "v", "namespace": "vms", "uid": "u"},
-           "status": {"phase": "Running", "conditions": [{"type": "Ready"}]}}
+    vmi: dict[str, Any] = {
+        "kind": KIND_VMI, "metadata": {"name": "v", "namespace": "vms", "uid": "u"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready"}]}}
     table = KindTable(KIND_VMI).upserted(vmi)
     later = {**vmi, "metadata": {**vmi["metadata"], "resourceVersion": "9"},
              "status": {"phase": "Running", "conditions": [{"type": "Paused"}]}}
