@@ -54,6 +54,7 @@ class ClusterWatches:
 
     def sync(self, clusters: Iterable[Cluster]) -> None:
         wanted = {c.name: c for c in clusters}
+        self._stopped = [cache for cache in self._stopped if cache.alive()]
         for name, (cluster, cache) in list(self._by_cluster.items()):
             if wanted.get(name) is not cluster:
                 cache.stop()

@@ -7,9 +7,10 @@ any fixed sleep is sometimes too short.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 INTERVAL = 0.05
@@ -26,14 +27,19 @@ def eventually(check: Callable[[], T], timeout: float = 10.0,
     return result
 
 
-async def eventually_async(check: Callable[[], T], timeout: float = 10.0,
-                           message: str = "condition not reached in time") -> T:
-    """`eventually` for a test running on an event loop (sleeps without blocking it)."""
+async def eventually_async(check: Callable[[], object], timeout: float = 10.0,
+                           message: str = "condition not reached in time") -> object:
+    """`eventually` for a test running on an event loop (sleeps without blocking it); `check`
+    may be a coroutine function (an HTTP probe)."""
     deadline = time.monotonic() + timeout
-    while not (result := check()):
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await cast(Awaitable[object], result)
+        if result:
+            return result
         assert time.monotonic() < deadline, message
         await asyncio.sleep(INTERVAL)
-    return result
 
 
 def last_attempt(attempt: Callable[[], T], done: Callable[[T], bool],

@@ -109,6 +109,8 @@ class Informer:
             try:
                 if self._version is None:
                     self._version = self._relist()
+                if self._stopping.is_set():
+                    break
                 # `_version` advances with every event, so after an error we resume from the
                 # last one seen instead of replaying (or relisting) everything.
                 self._watch(self._version)

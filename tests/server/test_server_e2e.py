@@ -24,7 +24,7 @@ from dlm_guard.domain import KIND_KUBEVIRT, KIND_VMIM, Role
 from dlm_guard.kube.api import ApiSource
 from dlm_guard.kube.cache import ClusterCache
 from dlm_guard.kube.config import load_api_client
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_async
 from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
 
 pytestmark = pytest.mark.e2e
@@ -100,10 +100,7 @@ async def _until_ready(session: aiohttp.ClientSession, base: str) -> None:
         async with session.get(f"{base}/readyz") as resp:
             return resp.status == 200
 
-    deadline = time.monotonic() + 10
-    while not await ready():
-        assert time.monotonic() < deadline, "never ready"
-        await asyncio.sleep(0.05)
+    await eventually_async(ready, message="never ready")
 
 
 async def test_serve_reads_cluster_state_and_stops_on_sigterm(

@@ -10,7 +10,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from certs.generate import PairPaths
 from dlm_guard.kube.api import Page, Selector
 from dlm_guard.kube.cache import ClusterCache
 from dlm_guard.kube.resources import Resource
+from tests.waiting import eventually_async
 from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
 from webhook.decision import Decision
 from webhook.engine import Context
@@ -297,10 +297,7 @@ async def test_readyz_waits_for_the_first_cluster_list(serve: Any,
                 async with session.get(f"{url}/readyz") as resp:
                     return resp.status == 200
 
-            deadline = time.monotonic() + 5
-            while not await ready():
-                assert time.monotonic() < deadline, "never ready"
-                await asyncio.sleep(0.02)
+            await eventually_async(ready, timeout=5, message="never ready")
     finally:
         assert await asyncio.get_running_loop().run_in_executor(None, cache.stop)
 
