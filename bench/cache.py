@@ -190,21 +190,28 @@ def load(api: k8s.ApiClient, settings: Settings) -> dict[str, Any]:
 
 
 class StatusStream:
-    """VMI status updates at `rate` per second from a thread pool, until stopped."""
+    """VMI status updates at `rate` per second from a thread pool, until stopped. At most
+    MAX_BACKLOG updates wait at once (the rest are skipped and counted): when the API server
+    cannot keep up, stopping the stream must stop its traffic too."""
+
+    MAX_BACKLOG = 32
 
     def __init__(self, api: k8s.ApiClient, settings: Settings) -> None:
         self._api, self._settings = api, settings
         self._stop = threading.Event()
-        self.sent = self.errors = 0
+        self.sent = self.errors = self.skipped = 0
+        self._pending = threading.Semaphore(self.MAX_BACKLOG)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> StatusStream:
+        self._started = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(30)
+        self.seconds = time.perf_counter() - self._started
 
     def _run(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -218,8 +225,11 @@ class StatusStream:
                 if delay > 0:
                     time.sleep(delay)
                 index = rng.randrange(self._settings.vmis)
-                pool.submit(self._one, custom, index, tick)
                 tick += 1
+                if not self._pending.acquire(blocking=False):
+                    self.skipped += 1
+                    continue
+                pool.submit(self._one, custom, index, tick)
 
     def _one(self, custom: k8s.CustomObjectsApi, index: int, tick: int) -> None:
         try:
@@ -230,6 +240,8 @@ class StatusStream:
             self.sent += 1
         except Exception:
             self.errors += 1
+        finally:
+            self._pending.release()
 
 
 # --- the webhook ----------------------------------------------------------------------------
@@ -298,11 +310,14 @@ def measure_webhook(cluster: Cluster, workdir: Path, settings: Settings,
                 with StatusStream(api, settings) as stream:
                     figures["latency_with_status_stream"] = latency(server, ca, items,
                                                                     settings)
-                figures["status_updates"] = {"sent": stream.sent, "errors": stream.errors,
-                                             "target_rate": settings.status_rate}
+                figures["status_updates"] = {
+                    "sent": stream.sent, "errors": stream.errors, "skipped": stream.skipped,
+                    "target_rate": settings.status_rate,
+                    "achieved_rate": round(stream.sent / stream.seconds, 1)}
             finally:
                 api.close()
             figures["rss_after_stream_mib"] = server.memory()["rss_mib"]
+        figures["log_warnings"] = warnings(server.log)
         return figures
 
 
@@ -334,7 +349,8 @@ def measure_reconciler(clusters: dict[str, Cluster], workdir: Path, settings: Se
     total = sum(sum(r.values()) for r in requests.values())
     seconds = [p["seconds"] for p in passes if isinstance(p.get("seconds"), float | int)]
     startup = {n: kubeload.difference(before[n], at_start[n]) for n in clusters}
-    return {"first_pass_after_start_seconds": round(first_pass_after, 2),
+    return {"log_warnings": warnings(log),
+            "first_pass_after_start_seconds": round(first_pass_after, 2),
             "startup_requests": startup,
             "startup_requests_total": sum(sum(r.values()) for r in startup.values()),
             "passes_in_window": len(passes),
@@ -344,6 +360,13 @@ def measure_reconciler(clusters: dict[str, Cluster], workdir: Path, settings: Se
             "requests_per_hour": round(total * 3600 / settings.window, 1),
             "rss_mib": round(rss.get("VmRSS", 0) / 1024, 1),
             "peak_rss_mib": round(rss.get("VmHWM", 0) / 1024, 1)}
+
+
+def warnings(log: Path, keep: int = 20) -> list[str]:
+    """The first warning and error lines of a server's log (why a watch relisted)."""
+    found = [line[:300] for line in log.read_text(errors="replace").splitlines()
+             if any(level in line for level in ("WARNING", "ERROR", '"warning"', '"error"'))]
+    return found[:keep]
 
 
 def _passes(log: Path) -> list[dict[str, Any]]:

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 from dlm_guard.kube.api import Expired, Page, Selector, WatchError, describe_error
 from dlm_guard.kube.backoff import backoff_delay
+from dlm_guard.kube.memory import release_free_memory
 from dlm_guard.kube.resources import Resource
-from dlm_guard.store import KindTable
+from dlm_guard.store import KindTable, TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +126,30 @@ class Informer:
                 self._stopping.wait(self._delay(self.health.failures - 1))
 
     def _relist(self) -> str:
-        pages = self._pages()
-        table = KindTable.build(self.resource.kind, self._items(pages))
-        version = pages.resource_version
+        builder = TableBuilder(self.resource.kind)
+        token: str | None = None
+        version = ""
+        while not self._stopping.is_set():
+            page = self._source.list_page(self.resource, self.selector, token)
+            # Every page of one list is at the first page's resourceVersion.
+            version, token = version or page.resource_version, page.next
+            builder.stage(page.items)
+            del page  # before settle(): see TableBuilder
+            builder.settle()
+            if not token:
+                break
         if self._stopping.is_set():
             return version
         first = not self.health.synced
+        table = builder.table()
         self._publish(table)
         self._succeeded(synced=True)
         self.synced.set()
+        release_free_memory()
         if first:
             log.info("listed %d %s", len(table), self.label,
                      extra={"watch": self.label, "count": len(table)})
         return version
-
-    def _pages(self) -> _Pages:
-        return _Pages(self._source, self.resource, self.selector, self._stopping)
-
-    @staticmethod
-    def _items(pages: _Pages) -> Iterator[Mapping[str, Any]]:
-        for page in pages:
-            yield from page.items
 
     def _watch(self, version: str) -> None:
         """Apply events until the server ends the watch."""
@@ -223,24 +227,3 @@ class Informer:
             log.error("%s of %s failing for %.0fs (%d attempts), cluster state for it is "
                       "getting stale: %s", what, self.label, self.health.failing_for(now),
                       self.health.failures, self.health.error, extra={"watch": self.label})
-
-
-class _Pages:
-    """The pages of one list, lazily: each page is dropped once its items are stored."""
-
-    def __init__(self, source: Source, resource: Resource, selector: Selector,
-                 stopping: threading.Event) -> None:
-        self._source, self._resource, self._selector = source, resource, selector
-        self._stopping = stopping
-        self.resource_version = ""
-
-    def __iter__(self) -> Iterator[Page]:
-        token: str | None = None
-        while not self._stopping.is_set():
-            page = self._source.list_page(self._resource, self._selector, token)
-            # Every page of one list is at the first page's resourceVersion.
-            self.resource_version = self.resource_version or page.resource_version
-            yield page
-            token = page.next
-            if not token:
-                return
