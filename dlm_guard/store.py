@@ -133,7 +133,7 @@ class TableBuilder:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._blobs: dict[Key, bytes] = {}
-        self._index: dict[MigrationKey, set[Key]] = {}
+        self._migration_keys: dict[Key, MigrationKey] = {}
         self._staged: list[tuple[str, str, bytes, MigrationKey | None]] = []
 
     def stage(self, objects: Iterable[Obj]) -> None:
@@ -147,13 +147,18 @@ class TableBuilder:
         for namespace, name, blob, mkey in staged:
             key = (sys.intern(namespace), _fresh(name))
             self._blobs[key] = bytes(memoryview(blob))  # a copy: see the class doc
+            # The last object with a key wins, in the index too.
             if mkey is not None:
-                self._index.setdefault((mkey[0], _fresh(mkey[1])), set()).add(key)
+                self._migration_keys[key] = (mkey[0], _fresh(mkey[1]))
+            else:
+                self._migration_keys.pop(key, None)
 
     def table(self) -> KindTable:
         self.settle()
-        return KindTable(self.kind, self._blobs,
-                         {k: frozenset(v) for k, v in self._index.items()})
+        index: dict[MigrationKey, set[Key]] = {}
+        for key, mkey in self._migration_keys.items():
+            index.setdefault(mkey, set()).add(key)
+        return KindTable(self.kind, self._blobs, {k: frozenset(v) for k, v in index.items()})
 
 
 def _fresh(text: str) -> str:

@@ -392,3 +392,10 @@ current-context: x
         assert api_client.configuration.host == "https://127.0.0.1:6443"
     finally:
         api_client.close()
+
+
+def test_the_last_object_with_a_key_wins_in_the_index_too() -> None:
+    table = KindTable.build(KIND_VMIM, [vmim("a", migration_id="first"),
+                                        vmim("a", migration_id="second")])
+    assert table.with_migration_id((Role.TARGET, "first")) == []
+    assert len(table.with_migration_id((Role.TARGET, "second"))) == 1
