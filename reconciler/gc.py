@@ -1,8 +1,8 @@
 """Migration clean-up: which VMIMs and target VMs to delete (issue 5, "Migration clean-up").
 
-Pure decisions over per-cluster snapshots: no I/O, the clock is passed in. The caller keeps
-a GcMemory between passes (what this process has observed over time) and deletes what
-decide_gc returns, in that order, with the uid as a precondition.
+Pure decisions over per-cluster snapshots: no I/O, the clock is passed in. The caller passes
+the GcMemory the previous pass returned, deletes what decide_gc returns, in that order, with
+the uid as a precondition, and writes the evidence annotations it returns (Marks).
 
 Rules, in precedence order; a VMIM gets at most one reason:
 
@@ -16,12 +16,14 @@ Rules, in precedence order; a VMIM gets at most one reason:
    known cluster and namespace) is being deleted, or has been missing continuously for
    `orphan_ttl` (only `grace` when we saw the peer before: it was deleted). Decided only while
    every known cluster is reachable: an unreachable cluster is never evidence of absence.
+   ("Continuously": in every pass since the evidence was written; with `--once` from a
+   CronJob that is every run, not every moment in between.)
 4. stuck: a non-final VMIM in WaitingForSync/Synchronizing longer than `stuck_timeout`;
    KubeVirt itself never times out there (kubevirt #17317).
 
 A failed VMIM is only ever handled by rules 1-2, so its grace also protects it from 3-4.
 
-"How long in that state" comes from upstream timestamps when they exist, else from memory:
+"How long in that state" comes from upstream timestamps when they exist, else from evidence:
 - Failed: the latest status.phaseTransitionTimestamps entry for Failed (field verified in the
   v1 VMIM CRD). Not creationTimestamp: a VMIM can run for a long time before failing, and
   using it would skip the grace.
