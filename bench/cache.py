@@ -365,7 +365,8 @@ def measure_reconciler(clusters: dict[str, Cluster], workdir: Path, settings: Se
 def warnings(log: Path, keep: int = 20) -> list[str]:
     """The first warning and error lines of a server's log (why a watch relisted)."""
     found = [line[:300] for line in log.read_text(errors="replace").splitlines()
-             if any(level in line for level in ("WARNING", "ERROR", '"warning"', '"error"'))]
+             if any(level in line for level in ("WARNING", "ERROR", '"warning"', '"error"',
+                                                "relisting"))]
     return found[:keep]
 
 

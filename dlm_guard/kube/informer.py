@@ -115,9 +115,11 @@ class Informer:
                 # `_version` advances with every event, so after an error we resume from the
                 # last one seen instead of replaying (or relisting) everything.
                 self._watch(self._version)
-            except Expired:
-                # Routine: etcd compacted our resourceVersion. Relist at once.
-                log.debug("watch expired, relisting", extra={"watch": self.label})
+            except Expired as err:
+                # Routine (etcd compacted our resourceVersion), but a relist of a big kind is
+                # costly: worth one line. Relist at once.
+                log.info("watch of %s expired (%s), relisting", self.label, err,
+                         extra={"watch": self.label})
                 self._version = None
             except Exception as err:
                 if self._stopping.is_set():
