@@ -304,7 +304,7 @@ def remember(memory: GcMemory, items: Iterable[_Item],
         peer = peer_of(item, clusters)
         if peer in (Peer.PRESENT, Peer.TERMINATING):
             peer_seen.add(key)
-        elif peer is Peer.MISSING:
+        elif peer is Peer.MISSING and _may_be_orphan(item):
             # Evidence written before an outage of the VMIM's own cluster does not count.
             evidence = (annotated_missing_since(item.obj)
                         if item.cluster not in memory.outages else None)
@@ -317,6 +317,12 @@ def remember(memory: GcMemory, items: Iterable[_Item],
         peer_missing_since={k: v for k, v in {**remembered_missing, **missing}.items()
                             if kept(k) and (k in missing or k not in seen)},
         outages=(memory.outages | unreachable) if unreachable else frozenset())
+
+
+def _may_be_orphan(item: _Item) -> bool:
+    """Only a VMIM that is neither finished nor failed can be an orphan (rule 3): the others
+    need no absence clock (a finished history of 5,000 migrations must not get 5,000 writes)."""
+    return not is_final(item.obj) and not is_failed_state(state_of(item)[0])
 
 
 def _state_clock(item: _Item, memory: GcMemory, now: datetime) -> tuple[str, datetime]:

@@ -433,3 +433,10 @@ def test_no_evidence_is_written_where_we_may_not_write() -> None:
     assert plan_for(ORPHAN_TARGET, managed=("src",)).marks == []
     terminating = pair([target(ago=16 * MIN, terminating=True), *TARGET_VM])
     assert plan_for(terminating).marks == []
+
+
+def test_finished_and_failed_migrations_get_no_absence_clock() -> None:
+    """A history of Succeeded migrations whose peers are long gone: nothing to write."""
+    history = pair([target("Succeeded", 60 * MIN), target("Failed", 2 * MIN, name="f")])
+    plan = plan_for(history)
+    assert plan.marks == [] and plan.memory.peer_missing_since == {}
