@@ -55,7 +55,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
       "$stdlib/ensurepip/_bundled" /usr/share/python-wheels \
  && find "$site" \( -name 'test_*.py' -o -name '*_test.py' -o -name 'conftest.py' \
       -o -name 'test_*.*.pyc' -o -name '*_test.*.pyc' -o -name 'conftest.*.pyc' \) -delete \
- && python -c 'import kubernetes, dlm_guard.cli, webhook.server, reconciler.loop'
+ && python -c 'import kubernetes, dlm_guard.cli, webhook.server, reconciler.service'
 RUN groupadd --system --gid "${GID}" dlm-guard \
  && useradd --system --uid "${UID}" --gid "${GID}" --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin dlm-guard

@@ -9,6 +9,8 @@
   apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
   livelookup  the validating webhook's cache-miss path (one live VMI GET) on a real API server
   reconciler  reconciler scale on harness clusters
+  cache       the watch cache at scale: webhook and reconciler over 10,000 VMs + 10,000 VMIs
+              + 5,000 VMIMs in one harness cluster (bench/cache.py)
   profile     dlm-guard serve under pyinstrument with the load (not part of all; needs it)
 
 Run the real thing on a quiet machine: the figures are only as good as the machine is idle.
@@ -28,7 +30,7 @@ from typing import Any
 
 from bench import report
 
-PARTS = ("micro", "webhook", "variants", "apiserver", "livelookup", "reconciler")
+PARTS = ("micro", "webhook", "variants", "apiserver", "livelookup", "reconciler", "cache")
 QUIET_LOAD = 1.5
 
 
@@ -65,6 +67,14 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
         if smoke:
             return livelookup.run(livelookup.Settings(calls=5, warmup=1))
         return livelookup.run(livelookup.Settings(calls=args.lookups))
+    if part == "cache":
+        from bench import cache
+        if smoke:
+            return cache.run(cache.Settings(vms=40, vmis=40, vmims=20, namespaces=2, threads=8,
+                                            rate=20, latency_seconds=1.0, status_rate=20,
+                                            resync=1.0, window=3.0, settle=0.5))
+        return cache.run(cache.Settings(vms=args.cache_vms, vmis=args.cache_vms,
+                                        vmims=args.cache_vmims))
     from bench import reconcile
     if smoke:
         return reconcile.run(reconcile.Settings(vmims=40, vms=20, namespaces=2, peers=2,
@@ -105,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--vms", type=int, default=2000)
         sub.add_argument("--namespaces", type=int, default=50)
         sub.add_argument("--peers", type=int, default=10)
+        sub.add_argument("--cache-vms", type=int, default=10_000,
+                         help="cache: VMs and as many VMIs in the big cluster")
+        sub.add_argument("--cache-vmims", type=int, default=5_000)
     return top
 
 

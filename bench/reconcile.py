@@ -44,7 +44,7 @@ from certs.bundle import to_pem
 from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
-from reconciler.gather import PAGE_SIZE
+from dlm_guard.kube.api import PAGE_SIZE
 
 MANAGED = ("east", "west")
 KUBEVIRT_NS = "kubevirt"

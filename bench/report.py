@@ -56,6 +56,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
         found += _livelookup_rows(results["livelookup"])
     if "reconciler" in results:
         found += _reconciler_rows(results["reconciler"])
+    if "cache" in results:
+        found += _cache_rows(results["cache"])
     return found
 
 
@@ -71,6 +73,39 @@ def _livelookup_rows(live: dict[str, Any]) -> list[Row]:
         found.append((f"validate receive VMIM, {label} (n={case['count']})",
                       f"p50 {case['p50_ms']} / p99 {case['p99_ms']} ms", "", ""))
     return found
+
+
+def _cache_rows(cache: dict[str, Any]) -> list[Row]:
+    """bench/cache.py: the watch cache over one big cluster."""
+    s, t = cache["settings"], cache["targets"]
+    hook, rec = cache["webhook"], cache["reconciler"]
+    quiet = hook["loaded"]["latency_quiet"]["latency"]
+    stream = hook["loaded"]["latency_with_status_stream"]["latency"]
+    size = f"{s['vms']:,} VMs + {s['vmis']:,} VMIs + {s['vmims']:,} VMIMs"
+    return [
+        (f"webhook start to /readyz, {size}", f"{hook['loaded']['ready_seconds']} s "
+         f"(empty: {hook['empty']['ready_seconds']} s)", "< 5 s",
+         _verdict(t["webhook_ready_seconds"]["met"])),
+        ("webhook steady RSS, loaded (empty)", f"{hook['loaded']['rss_mib']} MiB "
+         f"({hook['empty']['rss_mib']} MiB)", "", ""),
+        ("webhook RSS per 1,000 VM+VMI pairs above empty",
+         f"{hook['rss_mib_per_1000_pairs']} MiB", "< 2 MiB",
+         _verdict(t["webhook_rss_mib_per_1000_pairs"]["met"])),
+        (f"admission p50/p99 at {s['rate']:g}/s, quiet vs {s['status_rate']:g} VMI status "
+         "updates/s", f"{quiet.get('p50_ms')}/{quiet.get('p99_ms')} ms vs "
+         f"{stream.get('p50_ms')}/{stream.get('p99_ms')} ms", "p99 unchanged", ""),
+        ("reconciler pass from the cache (max in window)",
+         f"{rec['loaded']['pass_seconds_max']} s", "< 0.5 s",
+         _verdict(t["reconciler_pass_seconds"]["met"])),
+        ("reconciler API requests while idle, empty vs loaded (per hour)",
+         f"{rec['empty']['requests_per_hour']} vs {rec['loaded']['requests_per_hour']}",
+         "flat", _verdict(t["reconciler_requests_per_hour_empty_vs_loaded"]["met"])),
+        ("reconciler start-up requests, empty vs loaded",
+         f"{rec['empty']['startup_requests_total']} vs "
+         f"{rec['loaded']['startup_requests_total']}", "", ""),
+        ("reconciler RSS, loaded", f"{rec['loaded']['peak_rss_mib']} MiB", "< 150 MiB",
+         _verdict(t["reconciler_rss_mib"]["met"])),
+    ]
 
 
 def _micro_rows(micro: dict[str, Any]) -> list[Row]:

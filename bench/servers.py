@@ -96,9 +96,11 @@ class Server:
     """A running server process: its URL, CPU and memory from /proc, and a clean stop."""
 
     def __init__(self, spec: ServerSpec, workdir: Path, ca_file: Path,
-                 core: int | None, ready_path: str = "/healthz") -> None:
+                 core: int | None, ready_path: str = "/healthz",
+                 ready_timeout: float | None = None) -> None:
         self.spec = spec
         self.ready_path = ready_path
+        self.ready_timeout = ready_timeout or READY_TIMEOUT_SECONDS
         self.port = free_port()
         self.base_url = f"https://127.0.0.1:{self.port}"
         self.log = workdir / f"{spec.name}.log"
@@ -136,13 +138,13 @@ class Server:
             return False
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self.ready_timeout
         while not self._healthy():
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited with {self.process.returncode}: "
                                    f"{self.tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.spec.name} not ready in {READY_TIMEOUT_SECONDS}s: "
+                raise RuntimeError(f"{self.spec.name} not ready in {self.ready_timeout}s: "
                                    f"{self.tail()}")
             time.sleep(0.1)
 

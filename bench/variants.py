@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in args.variant.split(",") if n]
     apply(names)
     if args.debounce is not None:
-        from reconciler import loop
+        from reconciler import service as loop
         loop.DEBOUNCE_SECONDS = args.debounce
     rest = [a for a in args.rest if a != "--"]
     for name in names:

@@ -27,6 +27,12 @@ KIND_KUBEVIRT = "KubeVirt"
 LABEL_MIGRATION_ID = "dlm-guard.io/migration-id"
 LABEL_ROLE = "dlm-guard.io/role"
 LABEL_PEER = "dlm-guard.io/peer"
+# Evidence the reconciler keeps on a VMIM so its clean-up timers survive restarts, leader
+# changes and `reconcile --once` (reconciler/gc.py): when its peer was first seen missing
+# while every cluster was reachable, and "<state> <time>" for a state upstream gives no
+# timestamp for. Both RFC 3339 UTC.
+ANNOTATION_PEER_MISSING_SINCE = "dlm-guard.io/peer-missing-since"
+ANNOTATION_STATE_SINCE = "dlm-guard.io/state-since"
 # virt-controller copies this into spec.runStrategy after a successful migration, without
 # validating it (pkg/virt-controller/watch/vm/vm.go).
 ANNOTATION_RESTORE_RUN_STRATEGY = "kubevirt.io/restore-run-strategy"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -19,8 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from dlm_guard.domain import Obj, get_path
-from reconciler.clusters import client_for_spec
-from reconciler.settings import ClusterSpec
+from dlm_guard.kube.config import load_api_client
 
 REQUEST_TIMEOUT_SECONDS = 30
 LIST_PAGE = 500
@@ -71,9 +69,8 @@ def resource_for(obj: Obj) -> Resource:
 # --- Which cluster: the one adapter over the project's kubeconfig loading -------------------
 def api_client(kubeconfig: str, context: str | None = None) -> ApiClient:
     """An ApiClient for a kubeconfig file (and context); KubeError naming the file if bad."""
-    spec = ClusterSpec(name="migrate", kubeconfig=Path(kubeconfig), context=context)
     try:
-        return client_for_spec(spec)
+        return load_api_client(kubeconfig, context)
     except Exception as err:  # the kubernetes config loader raises several types
         raise KubeError(f"kubeconfig {kubeconfig}: {err}") from None
 

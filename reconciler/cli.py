@@ -112,14 +112,13 @@ def make_leader(settings: Settings, registry: Registry) -> LeaderElector | None:
 def main(args: argparse.Namespace) -> int:
     from reconciler.clusters import Registry
     from reconciler.leader import LeaderConfigError
-    from reconciler.loop import Service, run_once, run_service
     from reconciler.metrics import ReconcilerMetrics
+    from reconciler.service import Service, once_exit_code, run_once, run_service
 
     setup_logging(args.log_format, args.log_level)
     try:
         settings = settings_from_args(args)
         registry = Registry(settings)
-        registry.refresh()
         leader = make_leader(settings, registry)
     except (ValueError, ValidationError, LeaderConfigError, OSError) as err:
         log.error("cannot start the reconciler", extra={"error": _first_line(err)})
@@ -130,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = ReconcilerMetrics()
     try:
         if settings.once:
-            return run_once(settings, registry, metrics, leader)
+            return once_exit_code(run_once(settings, registry, metrics, leader))
         return run_service(Service(settings, registry, metrics, leader))
     finally:
         registry.close()

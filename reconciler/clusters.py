@@ -24,9 +24,14 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from dlm_guard.domain import LABEL_PEER, Obj, get_path, labels_of, name_of
+from dlm_guard.kube.config import (
+    ClusterConfigError,
+    client_from_kubeconfig,
+    in_cluster_client,
+    load_api_client,
+)
 from reconciler.settings import LOCAL_CLUSTER, ClusterSpec, Settings, valid_cluster_name
 
 log = logging.getLogger(__name__)
@@ -134,48 +139,23 @@ def _decode(data: Mapping[str, Any], key: str) -> str | None:
 
 
 # --- API clients (I/O) ----------------------------------------------------------------------
-def decode(response: Any) -> Any:
-    """The JSON body of a call made with `_preload_content=False`: plain dicts, so the store
-    and the decisions see objects exactly as the API serves them."""
-    return json.loads(response.data)
-
-
-def client_for_spec(spec: ClusterSpec) -> k8s.ApiClient:
-    return k8s_config.new_client_from_config(config_file=str(spec.kubeconfig),
-                                             context=spec.context, persist_config=False)
-
-
 def _client_or_error(spec: ClusterSpec) -> k8s.ApiClient:
     try:
-        return client_for_spec(spec)
-    except Exception as err:  # the kubernetes config loader raises several types
+        return load_api_client(str(spec.kubeconfig), spec.context)
+    except ClusterConfigError as err:
         raise ValueError(f"cluster {spec.name}: kubeconfig {spec.kubeconfig}: {err}") from err
 
 
-def client_for_kubeconfig(kubeconfig: Mapping[str, Any]) -> k8s.ApiClient:
-    return k8s_config.new_client_from_config_dict(dict(kubeconfig), persist_config=False)
-
-
-def in_cluster_client() -> k8s.ApiClient:
-    configuration = k8s.Configuration()
-    k8s_config.load_incluster_config(client_configuration=configuration)
-    return k8s.ApiClient(configuration)
-
-
-SecretLister = Callable[[k8s.ApiClient], Iterable[Obj]]
-
-
 class Registry:
-    """The current set of clusters with their clients; `refresh()` once per pass."""
+    """The current set of clusters with their clients; `refresh(secrets)` once per pass."""
 
     def __init__(self, settings: Settings,
-                 local_client: Callable[[], k8s.ApiClient] = in_cluster_client,
-                 list_secrets: SecretLister | None = None) -> None:
+                 local_client: Callable[[], k8s.ApiClient] = in_cluster_client) -> None:
         self._settings = settings
-        self._local_client = local_client
-        self._list_secrets = list_secrets or self._list_peer_secrets
         self._clusters: dict[str, Cluster] = {}
-        if not settings.in_pod:
+        if settings.in_pod:
+            self._clusters = {LOCAL_CLUSTER: Cluster(local_config(settings), local_client())}
+        else:
             self._clusters = {spec.name: Cluster(cfg, _client_or_error(spec))
                               for spec, cfg in zip(settings.clusters, flag_configs(settings),
                                                    strict=True)}
@@ -187,25 +167,23 @@ class Registry:
     def get(self, name: str) -> Cluster | None:
         return self._clusters.get(name)
 
-    def refresh(self) -> list[Cluster]:
-        """Re-read peer Secrets (in a pod). Keeps the previous peers when they cannot be read:
-        a failed list is not evidence that a peer is gone."""
-        if not self._settings.in_pod:
-            return self.clusters
-        local = self._clusters.get(LOCAL_CLUSTER)
-        if local is None:
-            local = Cluster(local_config(self._settings), self._local_client())
-        try:
-            secrets = self._list_secrets(local.api)
-        except Exception as err:  # any transport error: keep what we had
-            log.warning("cannot list peer secrets, keeping the known peers",
-                        extra={"error": str(err)})
-            self._clusters[LOCAL_CLUSTER] = local
+    def refresh(self, secrets: Iterable[Obj] | None) -> list[Cluster]:
+        """In a pod: the local cluster plus a peer per labelled Secret (from the local
+        cache, reconciler/watches.py). `secrets` None (the cache cannot be trusted now) keeps
+        the known peers: a failed watch is not evidence that a peer is gone."""
+        if not self._settings.in_pod or secrets is None:
             return self.clusters
         peers, problems = peers_from_secrets(secrets, self._settings)
         for problem in problems:
             log.warning("ignoring peer secret", extra={"problem": problem})
-        self._swap({LOCAL_CLUSTER: local} | {p.config.name: self._peer_cluster(p) for p in peers})
+        fresh = {LOCAL_CLUSTER: self._clusters[LOCAL_CLUSTER]}
+        for peer in peers:
+            try:
+                fresh[peer.config.name] = self._peer_cluster(peer)
+            except ClusterConfigError as err:
+                log.warning("ignoring peer secret", extra={"problem": f"{peer.config.source}: "
+                                                                      f"{err}"})
+        self._swap(fresh)
         return self.clusters
 
     def _peer_cluster(self, peer: PeerSecret) -> Cluster:
@@ -214,7 +192,7 @@ class Registry:
             return known
         log.info("peer cluster configured", extra={"cluster": peer.config.name,
                                                     "source": peer.config.source})
-        return Cluster(peer.config, client_for_kubeconfig(peer.kubeconfig))
+        return Cluster(peer.config, client_from_kubeconfig(peer.kubeconfig))
 
     def _swap(self, fresh: dict[str, Cluster]) -> None:
         for name, old in self._clusters.items():
@@ -223,14 +201,6 @@ class Registry:
                     log.info("peer cluster removed", extra={"cluster": name})
                 old.api.close()
         self._clusters = fresh
-
-    def _list_peer_secrets(self, api: k8s.ApiClient) -> list[Obj]:
-        response = k8s.CoreV1Api(api).list_namespaced_secret(
-            self._settings.own_namespace, label_selector=PEER_SECRET_SELECTOR,
-            _preload_content=False,
-            _request_timeout=self._settings.api_timeout.total_seconds())
-        items = decode(response).get("items") or []
-        return [item for item in items if isinstance(item, dict)]
 
     def close(self) -> None:
         for cluster in self._clusters.values():

@@ -1,8 +1,8 @@
 """Migration clean-up: which VMIMs and target VMs to delete.
 
-Pure decisions over per-cluster snapshots: no I/O, the clock is passed in. The caller keeps
-a GcMemory between passes (what this process has observed over time) and deletes what
-decide_gc returns, in that order, with the uid as a precondition.
+Pure decisions over per-cluster snapshots: no I/O, the clock is passed in. The caller passes
+the GcMemory the previous pass returned, deletes what decide_gc returns, in that order, with
+the uid as a precondition, and writes the evidence annotations it returns (Marks).
 
 Rules, in precedence order; a VMIM gets at most one reason:
 
@@ -17,22 +17,34 @@ Rules, in precedence order; a VMIM gets at most one reason:
    known cluster and namespace) is being deleted, or has been missing continuously for
    `orphan_ttl` (only `grace` when we saw the peer before: it was deleted). Decided only while
    every known cluster is reachable: an unreachable cluster is never evidence of absence.
+   ("Continuously": in every pass since the evidence was written; with `--once` from a
+   CronJob that is every run, not every moment in between.)
 4. stuck: a non-final VMIM in WaitingForSync/Synchronizing longer than `stuck_timeout`;
    KubeVirt itself never times out there (kubevirt #17317).
 
 A failed VMIM is only ever handled by rules 1-2, so its grace also protects it from 3-4.
 
-"How long in that state" comes from upstream timestamps when they exist, else from memory:
+"How long in that state" comes from upstream timestamps when they exist, else from evidence:
 - Failed: the latest status.phaseTransitionTimestamps entry for Failed (field verified in the
   v1 VMIM CRD). Not creationTimestamp: a VMIM can run for a long time before failing, and
   using it would skip the grace.
 - failure reported by the VMI only: status.migrationState.endTimestamp of that VMI.
 - WaitingForSync/Synchronizing: the phase's transition timestamp, else creationTimestamp
   (these are the first phases after "", docs/kubevirt-facts.md, so creation is when the wait began).
-- otherwise: when this process first saw the VMIM in that state (GcMemory). After a restart,
-  or with `--once`, that is "now": memory-based clocks restart, which only delays clean-up.
-A peer's absence is only ever measured from memory (continuous observation); neither
-creationTimestamp nor a single snapshot proves absence, e.g. a cache that is being relisted.
+- otherwise: when we first saw the VMIM in that state, kept on the VMIM itself in the
+  annotation dlm-guard.io/state-since ("<state> <RFC 3339 time>"), else in GcMemory (a
+  read-only cluster, or a dry run, where nothing is written).
+A peer's absence is measured from the first pass that saw it missing while every known cluster
+was reachable: the annotation dlm-guard.io/peer-missing-since on the VMIM (else GcMemory). Any
+pass that sees some cluster unreachable, or the peer present, clears that evidence on every
+VMIM it can write (and the VMIMs of a cluster that was unreachable are cleared when it is back),
+so an unreachable cluster never counts as absence. Neither creationTimestamp nor a single
+snapshot proves absence. Kept on the object, the evidence survives restarts and leader
+changes, and two `reconcile --once` runs `--orphan-ttl` apart remove an orphan. What stays in
+memory only: whether the peer was seen before (it shortens the wait to `grace`; after a
+restart the wait is `orphan_ttl`, which only delays clean-up).
+
+decide_gc is pure: it returns the deletions, the evidence writes (Marks) and the new memory.
 """
 
 from __future__ import annotations
@@ -40,9 +52,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import Enum
+from enum import Enum, StrEnum
 
 from dlm_guard.domain import (
+    ANNOTATION_PEER_MISSING_SINCE,
+    ANNOTATION_STATE_SINCE,
     KIND_VM,
     KIND_VMIM,
     PHASE_FAILED,
@@ -50,6 +64,7 @@ from dlm_guard.domain import (
     WAITING_PHASES,
     Obj,
     Role,
+    annotations_of,
     get_path,
     is_final,
     is_terminating,
@@ -64,11 +79,15 @@ from dlm_guard.domain import (
 )
 from dlm_guard.store import ObjectStore
 
-REASON_FAILED_TARGET = "failed-target"
-REASON_FAILED_SOURCE = "failed-source"
-REASON_ORPHAN = "orphan"
-REASON_STUCK = "stuck"
-REASONS = (REASON_FAILED_TARGET, REASON_FAILED_SOURCE, REASON_ORPHAN, REASON_STUCK)
+
+class GcReason(StrEnum):
+    """Why a deletion (the `reason` label of dlm_guard_gc_deletions_total)."""
+
+    FAILED_TARGET = "failed-target"
+    FAILED_SOURCE = "failed-source"
+    ORPHAN = "orphan"
+    STUCK = "stuck"
+
 
 # State label for a target whose VMIM phase is not Failed but whose VMI says it failed.
 STATE_VMI_FAILED = "vmi-failed"
@@ -92,7 +111,7 @@ class Deletion:
     namespace: str
     name: str
     uid: str | None  # precondition for the DELETE, so a recreated object survives
-    reason: str  # one of REASONS
+    reason: GcReason
     detail: str = ""
 
     def sort_key(self) -> tuple[str, int, str, str]:
@@ -100,16 +119,39 @@ class Deletion:
         return (self.cluster, 0 if self.kind == KIND_VMIM else 1, self.namespace, self.name)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Mark:
+    """Evidence annotations to write on a VMIM (value None: remove), conditional on its uid
+    and resourceVersion."""
+
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    annotations: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
 class GcMemory:
-    """What this process observed across passes; the caller passes the same one each time."""
+    """What this process observed across passes (decide_gc returns the next one). The
+    evidence on the objects comes first; this is the fallback where nothing is written."""
 
     # VMIM -> (state label, when first seen in that state): fallback clock (see module doc).
-    state_since: dict[VmimKey, tuple[str, datetime]] = field(default_factory=dict)
+    state_since: Mapping[VmimKey, tuple[str, datetime]] = field(default_factory=dict)
     # VMIMs whose peer we have seen at least once: its later absence means it was deleted.
-    peer_seen: set[VmimKey] = field(default_factory=set)
+    peer_seen: frozenset[VmimKey] = frozenset()
     # VMIM -> since when its peer has been missing while every cluster was reachable.
-    peer_missing_since: dict[VmimKey, datetime] = field(default_factory=dict)
+    peer_missing_since: Mapping[VmimKey, datetime] = field(default_factory=dict)
+    # Clusters seen unreachable whose VMIMs' absence evidence is still to be cleared.
+    outages: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    deletions: list[Deletion]
+    marks: list[Mark]
+    memory: GcMemory
 
 
 class Peer(Enum):
@@ -231,44 +273,111 @@ def peer_of(item: _Item, clusters: Mapping[str, ObjectStore | None]) -> Peer:
     return Peer.TERMINATING if all(is_terminating(p) for p in peers) else Peer.PRESENT
 
 
+# --- Evidence on the object -------------------------------------------------------------
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def annotated_missing_since(vmim: Obj) -> datetime | None:
+    return parse_time(annotations_of(vmim).get(ANNOTATION_PEER_MISSING_SINCE))
+
+
+def annotated_state_since(vmim: Obj) -> tuple[str, datetime] | None:
+    state, _, when = str(annotations_of(vmim).get(ANNOTATION_STATE_SINCE) or "").rpartition(" ")
+    parsed = parse_time(when)
+    return (state, parsed) if state and parsed is not None else None
+
+
 # --- Memory -----------------------------------------------------------------------------
 def remember(memory: GcMemory, items: Iterable[_Item],
-             clusters: Mapping[str, ObjectStore | None], now: datetime) -> None:
-    """Record this pass's observations, and forget VMIMs that are gone."""
-    if any(store is None for store in clusters.values()):
-        # Absence must be observed continuously: any outage, including one of the VMIM's own
-        # cluster (whose VMIMs are not in `items`), restarts every absence clock.
-        memory.peer_missing_since.clear()
+             clusters: Mapping[str, ObjectStore | None], now: datetime) -> GcMemory:
+    """This pass's observations merged with the evidence on the objects and what was
+    remembered: the next memory (the argument is not changed)."""
+    unreachable = frozenset(name for name, store in clusters.items() if store is None)
+    state_since: dict[VmimKey, tuple[str, datetime]] = {}
+    peer_seen = set(memory.peer_seen)
+    # Absence must be observed with every cluster reachable: any outage, including one of the
+    # VMIM's own cluster (whose VMIMs are not in `items`), restarts every absence clock.
+    remembered_missing = {} if unreachable else memory.peer_missing_since
+    missing: dict[VmimKey, datetime] = {}
     seen: set[VmimKey] = set()
     for item in items:
         key = item.key
         seen.add(key)
-        state = state_of(item)[0]
-        previous = memory.state_since.get(key)
-        if previous is None or previous[0] != state:
-            memory.state_since[key] = (state, now)
-        _remember_peer(memory, key, peer_of(item, clusters), now)
-    _forget(memory, seen, clusters)
+        state_since[key] = _state_clock(item, memory, now)
+        peer = peer_of(item, clusters)
+        if peer in (Peer.PRESENT, Peer.TERMINATING):
+            peer_seen.add(key)
+        elif peer is Peer.MISSING and _may_be_orphan(item):
+            # Evidence written before an outage of the VMIM's own cluster does not count.
+            evidence = (annotated_missing_since(item.obj)
+                        if item.cluster not in memory.outages else None)
+            missing[key] = min(t for t in (evidence, remembered_missing.get(key), now)
+                               if t is not None)
+    kept = _Keep(seen, clusters)
+    return GcMemory(
+        state_since={k: v for k, v in {**memory.state_since, **state_since}.items() if kept(k)},
+        peer_seen=frozenset(k for k in peer_seen if kept(k)),
+        peer_missing_since={k: v for k, v in {**remembered_missing, **missing}.items()
+                            if kept(k) and (k in missing or k not in seen)},
+        outages=(memory.outages | unreachable) if unreachable else frozenset())
 
 
-def _remember_peer(memory: GcMemory, key: VmimKey, peer: Peer, now: datetime) -> None:
-    if peer in (Peer.PRESENT, Peer.TERMINATING):
-        memory.peer_seen.add(key)
-    if peer is Peer.MISSING:
-        memory.peer_missing_since.setdefault(key, now)
-    else:  # present, or unknown this pass: the absence clock restarts
-        memory.peer_missing_since.pop(key, None)
+def _may_be_orphan(item: _Item) -> bool:
+    """Only a VMIM that is neither finished nor failed can be an orphan (rule 3): the others
+    need no absence clock (a finished history of 5,000 migrations must not get 5,000 writes)."""
+    return not is_final(item.obj) and not is_failed_state(state_of(item)[0])
 
 
-def _forget(memory: GcMemory, seen: set[VmimKey],
-            clusters: Mapping[str, ObjectStore | None]) -> None:
-    # Keep what we know about VMIMs of an unreachable cluster; drop removed clusters.
-    def keep(key: VmimKey) -> bool:
-        return key in seen or (key[0] in clusters and clusters[key[0]] is None)
+def _state_clock(item: _Item, memory: GcMemory, now: datetime) -> tuple[str, datetime]:
+    """(state, when we first saw it in that state): annotation or memory, earliest."""
+    state = state_of(item)[0]
+    entries = (memory.state_since.get(item.key), annotated_state_since(item.obj))
+    known = [entry[1] for entry in entries if entry is not None and entry[0] == state]
+    return state, min(known, default=now)
 
-    memory.state_since = {k: v for k, v in memory.state_since.items() if keep(k)}
-    memory.peer_seen = {k for k in memory.peer_seen if keep(k)}
-    memory.peer_missing_since = {k: v for k, v in memory.peer_missing_since.items() if keep(k)}
+
+class _Keep:
+    """Keep what we know about VMIMs seen this pass and those of an unreachable cluster;
+    drop VMIMs that are gone and clusters no longer known."""
+
+    def __init__(self, seen: set[VmimKey], clusters: Mapping[str, ObjectStore | None]) -> None:
+        self._seen, self._clusters = seen, clusters
+
+    def __call__(self, key: VmimKey) -> bool:
+        return key in self._seen or (key[0] in self._clusters and self._clusters[key[0]] is None)
+
+
+def _marks(items: Iterable[_Item], memory: GcMemory, managed: Collection[str],
+           skip: set[tuple[str, str, str]]) -> list[Mark]:
+    """The evidence annotations each writable VMIM should carry, where they differ."""
+    marks = []
+    for item in items:
+        namespace, name = namespace_of(item.obj), name_of(item.obj)
+        if (item.cluster not in managed or is_terminating(item.obj)
+                or (item.cluster, namespace, name) in skip or not _uid(item.obj)):
+            continue
+        wanted = _wanted_evidence(item, memory)
+        current = annotations_of(item.obj)
+        changes = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if changes:
+            marks.append(Mark(item.cluster, namespace, name, _uid(item.obj) or "",
+                              str(get_path(item.obj, "metadata", "resourceVersion") or ""),
+                              changes))
+    return marks
+
+
+def _wanted_evidence(item: _Item, memory: GcMemory) -> dict[str, str | None]:
+    missing = memory.peer_missing_since.get(item.key)
+    state, upstream = state_of(item)
+    clock = memory.state_since.get(item.key)
+    # Only a failed state without an upstream timestamp needs our own clock on the object
+    # (a waiting phase falls back on creationTimestamp, other states are never timed).
+    state_since = (f"{state} {format_time(clock[1])}"
+                   if is_failed_state(state) and upstream is None and clock is not None
+                   and clock[0] == state else None)
+    return {ANNOTATION_PEER_MISSING_SINCE: format_time(missing) if missing else None,
+            ANNOTATION_STATE_SINCE: state_since}
 
 
 # --- Rules ------------------------------------------------------------------------------
@@ -282,7 +391,7 @@ def _since(item: _Item, memory: GcMemory) -> tuple[str, datetime]:
     return state, remembered[1] if remembered and remembered[0] == state else _NEVER
 
 
-def _vmim_deletion(item: _Item, reason: str, detail: str) -> Deletion:
+def _vmim_deletion(item: _Item, reason: GcReason, detail: str) -> Deletion:
     return Deletion(item.cluster, KIND_VMIM, namespace_of(item.obj), name_of(item.obj),
                     _uid(item.obj), reason, detail)
 
@@ -297,14 +406,14 @@ def _failed(item: _Item, memory: GcMemory, now: datetime,
     if age <= settings.grace:
         return []
     if item.role is Role.SOURCE:  # only a target's VMI reports failure: state is Failed
-        return [_vmim_deletion(item, REASON_FAILED_SOURCE,
+        return [_vmim_deletion(item, GcReason.FAILED_SOURCE,
                                f"source migration Failed for {age}, longer than {settings.grace}")]
     detail = f"target migration failed ({state}) for {age}, longer than {settings.grace}"
-    vm = _target_vm_deletion(item, memory, detail)
-    return [_vmim_deletion(item, REASON_FAILED_TARGET, detail), *([vm] if vm else [])]
+    vm = _target_vm_deletion(item, detail)
+    return [_vmim_deletion(item, GcReason.FAILED_TARGET, detail), *([vm] if vm else [])]
 
 
-def _target_vm_deletion(item: _Item, memory: GcMemory, detail: str) -> Deletion | None:
+def _target_vm_deletion(item: _Item, detail: str) -> Deletion | None:
     """The target VM of a failed receive VMIM, when deleting it is safe.
 
     The VM has the VMI's name in the VMIM's namespace (KubeVirt VM->VMI naming). Only a VM
@@ -319,13 +428,13 @@ def _target_vm_deletion(item: _Item, memory: GcMemory, detail: str) -> Deletion 
     vmi = item.store.vmi(namespace, name)
     if vmi is not None and phase_of(vmi) == VMI_PHASE_RUNNING:
         return None
-    if _vm_in_use(item, memory):
+    if _vm_in_use(item):
         return None
-    return Deletion(item.cluster, KIND_VM, namespace, name, _uid(vm), REASON_FAILED_TARGET,
+    return Deletion(item.cluster, KIND_VM, namespace, name, _uid(vm), GcReason.FAILED_TARGET,
                     f"WaitAsReceiver target VM of {name_of(item.obj)}: {detail}")
 
 
-def _vm_in_use(item: _Item, memory: GcMemory) -> bool:
+def _vm_in_use(item: _Item) -> bool:
     """Another VMIM names this VMI: a retry, an outgoing (source) or ordinary migration.
 
     Failed or terminating receive VMIMs do not count: they are on their way out too.
@@ -347,7 +456,7 @@ def _orphan(item: _Item, peer: Peer, memory: GcMemory, now: datetime,
     """Rule 3: cancel a VMIM whose peer was deleted or never showed up (docs/kubevirt-facts.md,
     "Phases and failure")."""
     if peer is Peer.TERMINATING:
-        return _vmim_deletion(item, REASON_ORPHAN, "peer migration is being deleted")
+        return _vmim_deletion(item, GcReason.ORPHAN, "peer migration is being deleted")
     if peer is not Peer.MISSING or item.key not in memory.peer_missing_since:
         return None
     seen_before = item.key in memory.peer_seen
@@ -356,7 +465,7 @@ def _orphan(item: _Item, peer: Peer, memory: GcMemory, now: datetime,
     if missing <= ttl:
         return None
     what = "peer migration was deleted" if seen_before else "peer migration never appeared"
-    return _vmim_deletion(item, REASON_ORPHAN,
+    return _vmim_deletion(item, GcReason.ORPHAN,
                           f"{what}: missing from every known cluster for {missing}")
 
 
@@ -366,7 +475,7 @@ def _stuck(item: _Item, memory: GcMemory, now: datetime,
     state, since = _since(item, memory)
     if state not in WAITING_PHASES or now - since <= settings.stuck_timeout:
         return None
-    return _vmim_deletion(item, REASON_STUCK,
+    return _vmim_deletion(item, GcReason.STUCK,
                           f"in {state} for {now - since}, longer than {settings.stuck_timeout}")
 
 
@@ -385,14 +494,14 @@ def _decide_one(item: _Item, clusters: Mapping[str, ObjectStore | None], memory:
 
 
 def decide_gc(clusters: Mapping[str, ObjectStore | None], managed: Collection[str],
-              now: datetime, settings: GcSettings, memory: GcMemory) -> list[Deletion]:
-    """What to delete this pass; updates `memory` with this pass's observations.
+              now: datetime, settings: GcSettings, memory: GcMemory) -> GcPlan:
+    """What to delete this pass, the evidence to write, and the memory for the next pass.
 
     `clusters[name]` is None when that cluster is unreachable; only clusters in `managed`
-    get deletions, but every known cluster is searched for peers.
+    get deletions and evidence writes, but every known cluster is searched for peers.
     """
     items = _items(clusters)
-    remember(memory, items, clusters, now)
+    memory = remember(memory, items, clusters, now)
     chosen: dict[tuple[str, str, str, str], Deletion] = {}
     for item in items:
         if item.cluster not in managed or is_terminating(item.obj):
@@ -400,4 +509,6 @@ def decide_gc(clusters: Mapping[str, ObjectStore | None], managed: Collection[st
         for deletion in _decide_one(item, clusters, memory, now, settings):
             key = (deletion.cluster, deletion.kind, deletion.namespace, deletion.name)
             chosen.setdefault(key, deletion)  # each object at most once per pass
-    return sorted(chosen.values(), key=Deletion.sort_key)
+    deletions = sorted(chosen.values(), key=Deletion.sort_key)
+    deleted = {(d.cluster, d.namespace, d.name) for d in deletions if d.kind == KIND_VMIM}
+    return GcPlan(deletions, _marks(items, memory, managed, deleted), memory)

@@ -24,7 +24,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from dlm_guard.domain import Obj, get_path
-from reconciler.gather import describe_error
+from dlm_guard.kube.api import describe_error
 
 log = logging.getLogger(__name__)
 

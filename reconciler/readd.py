@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 
 from certs.bundle import fingerprint, parse_bundle
 from dlm_guard.rotation import FIX, SETTINGS_PATH, CaRotation, RotationProblem
-from reconciler.gather import CaSnapshot
+from reconciler.snapshot import CaSnapshot
 
 # A flap repeats about every 10 s: the Warning Event and log line repeat at most this often per
 # (cluster, peer); the counter counts every re-add.

@@ -47,8 +47,8 @@ from certs.bundle import (
 )
 from certs.bundle import earliest_not_after as _earliest
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, MAX_CERTIFICATES_IN_BUNDLE
-from reconciler.gather import CaSnapshot, ConfigMapState
 from reconciler.readd import CaHistory, Readd, observe, readds
+from reconciler.snapshot import CaSnapshot, ConfigMapState
 
 
 class Outcome(StrEnum):
@@ -127,7 +127,6 @@ class ClusterTrust:
     detail: str = ""
     missing: tuple[str, ...] = ()  # fingerprints
     write: CaWrite | None = None
-    unknown_peers: tuple[str, ...] = ()  # unreachable this pass: their CAs were not checked
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,6 @@ def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
                     offered: Mapping[str, tuple[x509.Certificate, ...]],
                     max_count: int) -> ClusterTrust:
     snapshot = snapshots[name]
-    unknown = tuple(sorted(n for n, s in snapshots.items() if s is None and n != name))
     if snapshot is None:
         return ClusterTrust(name, Outcome.SKIPPED, "cluster unreachable")
     if snapshot.kubevirt_ca is None:
@@ -186,25 +184,24 @@ def _decide_cluster(name: str, snapshots: Mapping[str, CaSnapshot | None],
         # drain the inbox, and the namespace may not even exist yet.
         return ClusterTrust(name, Outcome.SKIPPED,
                             f"no kubevirt-ca in {snapshot.kubevirt_namespace}: KubeVirt not "
-                            "installed or not ready", unknown_peers=unknown)
+                            "installed or not ready")
     if snapshot.external_ca is not None and snapshot.external_ca.terminating:
-        return ClusterTrust(name, Outcome.SKIPPED, "kubevirt-external-ca is being deleted",
-                            unknown_peers=unknown)
+        return ClusterTrust(name, Outcome.SKIPPED, "kubevirt-external-ca is being deleted")
     wanted = [cert for peer, certs in offered.items() if peer != name for cert in certs]
     present = parse_bundle(snapshot.kubevirt_ca.bundle).certificates
     missing = normalize(missing_from(wanted, present), max_count)
     prints = tuple(fingerprint(cert) for cert in missing)
     if not missing:
-        return ClusterTrust(name, Outcome.IN_SYNC, unknown_peers=unknown)
+        return ClusterTrust(name, Outcome.IN_SYNC)
     if snapshot.external_ca is not None and inbox_holds(snapshot.external_ca, prints):
         return ClusterTrust(name, Outcome.PENDING, "waiting for virt-operator to merge the inbox",
-                            prints, unknown_peers=unknown)
+                            prints)
     write = CaWrite(cluster=name, namespace=snapshot.kubevirt_namespace, bundle=to_pem(missing),
                     fingerprints=prints, peers=_owners(prints, offered, name),
                     resource_version=(snapshot.external_ca.resource_version
                                       if snapshot.external_ca is not None else None))
     return ClusterTrust(name, Outcome.WRITE, f"{len(prints)} CA certificate(s) missing", prints,
-                        write, unknown)
+                        write)
 
 
 def _with_readds(decisions: tuple[ClusterTrust, ...], snapshots: Mapping[str, CaSnapshot | None],

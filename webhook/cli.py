@@ -32,6 +32,10 @@ def _register_serve(subparsers: Any) -> None:
     parser.add_argument("--kubeconfig", metavar="PATH",
                         help="cluster to watch (default: $KUBECONFIG, ~/.kube/config, "
                              "then the pod's service account)")
+    parser.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
+                        help="once a cluster watch has failed this long, the cluster-state "
+                             "rules are skipped with a warning instead of reading old data "
+                             "(default 120)")
     parser.add_argument("--offline", action="store_true",
                         help="never contact a cluster; rules needing cluster state are skipped")
     parser.add_argument("--dev", action="store_true",

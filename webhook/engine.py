@@ -13,9 +13,9 @@ would report a VMI as missing names it in `vmi_to_confirm`, and the async shell
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from dlm_guard.domain import (
     KIND_VM,
@@ -42,12 +42,19 @@ from webhook.policy import Mode, Policy
 CREATE, UPDATE = "CREATE", "UPDATE"
 
 
+class ClusterSource(Protocol):
+    """Where a review's cluster state comes from: an ObjectStore (tests, a frozen state) or
+    the webhook's cache (webhook/cache.py), which gives a fresh consistent view per call."""
+
+    def view(self) -> ObjectStore: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a review depends on besides the request itself."""
 
     policy: Policy
-    cluster: ObjectStore | None  # None = offline: rules needing cluster state are skipped
+    cluster: ClusterSource | None  # None = offline: rules needing cluster state are skipped
     new_id: Callable[[], str]  # random suffix for generated migrationIDs (>= 48 bits)
 
 
@@ -132,6 +139,7 @@ class Evaluation:
 
     findings: tuple[RatedFinding, ...] = ()
     vmi_to_confirm: VmiKey | None = None
+    notices: tuple[str, ...] = ()  # warnings that are no rule's finding (stale cluster state)
 
     def in_mode(self, mode: Mode) -> list[RatedFinding]:
         return [rated for rated in self.findings if rated.mode is mode]
@@ -143,7 +151,7 @@ class Evaluation:
         return "WARN" if self.findings else "ALLOW"
 
     def decision(self) -> Decision:
-        warnings = [str(rated) for rated in self.in_mode(Mode.WARN)]
+        warnings = [*self.notices, *(str(rated) for rated in self.in_mode(Mode.WARN))]
         denials = self.in_mode(Mode.ENFORCE)
         return Decision.deny(denials, warnings) if denials else Decision.allow(warnings)
 
@@ -190,7 +198,7 @@ class WithVmi:
     def vm(self, namespace: str, name: str) -> Obj | None:
         return self._cluster.vm(namespace, name)
 
-    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]:
+    def vmims_with_migration_id(self, role: Role, mid: str) -> Sequence[Obj]:
         return self._cluster.vmims_with_migration_id(role, mid)
 
     def kubevirt(self) -> Obj | None:
@@ -206,7 +214,15 @@ def evaluate(request: Mapping[str, Any], ctx: Context, live: LiveVmi | None = No
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy):
         return Evaluation()
-    cluster: rules.ClusterView | None = ctx.cluster
+    # One view for the whole evaluation: every lookup of its rules sees the same cluster state.
+    view = ctx.cluster.view() if ctx.cluster is not None else None
+    if view is not None and view.stale is not None:
+        evaluation = rate(findings_for(parsed, None), ctx.policy)
+        if needs_cluster(parsed):
+            notice = f"{view.stale}: cluster-state rules were skipped for this request"
+            evaluation = Evaluation(evaluation.findings, notices=(notice,))
+        return evaluation
+    cluster: rules.ClusterView | None = view
     if cluster is not None and live is not None and live.obj is not None:
         cluster = WithVmi(cluster, live.obj, live.key)
     findings = findings_for(parsed, cluster)
@@ -218,6 +234,12 @@ def evaluate(request: Mapping[str, Any], ctx: Context, live: LiveVmi | None = No
         evaluation = replace(evaluation, vmi_to_confirm=_vmi_to_confirm(parsed, cluster,
                                                                         evaluation))
     return evaluation
+
+
+def needs_cluster(request: Request) -> bool:
+    """Whether the cluster-state rules look at this request (see findings_for)."""
+    return (request.kind == KIND_VMIM and request.operation == CREATE
+            and is_decentralized(request.object or {}))
 
 
 def _vmi_to_confirm(request: Request, cluster: rules.ClusterView,

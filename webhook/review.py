@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +22,6 @@ MAX_BODY_BYTES = 7 * 1024 * 1024
 # v1beta1 has the same wire shape for every field we read and write; we answer in whatever
 # version we were asked in, as the API server requires.
 AdmissionApiVersion = Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]
-ADMISSION_API_VERSIONS: tuple[str, ...] = get_args(AdmissionApiVersion)
 JSON_MEDIA_TYPE = "application/json"
 
 

@@ -12,7 +12,7 @@ Modes (enforce/warn/off) are not decided here: the engine applies the policy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from dlm_guard.domain import (
@@ -58,7 +58,7 @@ class ClusterView(Protocol):
 
     def vm(self, namespace: str, name: str) -> Obj | None: ...
 
-    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]: ...
+    def vmims_with_migration_id(self, role: Role, mid: str) -> Sequence[Obj]: ...
 
     def kubevirt(self) -> Obj | None: ...
 

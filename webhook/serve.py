@@ -31,7 +31,7 @@ from webhook.policy import CLUSTER_RULES, Policy, PolicyError, load_policy
 from webhook.server import CONTEXT, IN_FLIGHT, Engine, ReadyCheck, create_app
 
 if TYPE_CHECKING:  # webhook.cache pulls in the kubernetes client: imported on use only
-    from webhook.cache import ClusterCache
+    from webhook.cache import WebhookCluster
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,15 @@ def build(args: argparse.Namespace) -> web.Application:
     policy = _load_policy(args.config)
     files = _tls_files(args)
     tls = _serving_tls(files)
-    cache, lookup = (None, None) if args.offline else _cluster_cache(args.kubeconfig)
+    cache, lookup = (None, None) if args.offline else _cluster_cache(args.kubeconfig,
+                                                                     args.stale_after)
     metrics = AdmissionMetrics()
     register_expiry_gauge(metrics.registry, tls)
     checks: list[ReadyCheck] = [_cert_check(tls)]
     if cache is not None:
         checks.append(cache.not_ready_reason)
-    ctx = Context(policy=policy, cluster=cache.store if cache is not None else None,
-                  new_id=random_suffix)
+        _register_watch_health(metrics, cache)
+    ctx = Context(policy=policy, cluster=cache, new_id=random_suffix)
     engine = Engine() if lookup is None else Engine(validate=confirming_validate(lookup))
     app = create_app(ctx, engine=engine, metrics=metrics, ready_checks=checks)
     app[SERVING_TLS] = tls
@@ -182,16 +183,15 @@ def _serving_tls(files: TLSFiles) -> ServingTLS:
         raise StartupError(str(err)) from None
 
 
-def _cluster_cache(kubeconfig: str | None) -> tuple[ClusterCache, VmiLookup]:
+def _cluster_cache(kubeconfig: str | None, stale_after: float
+                   ) -> tuple[WebhookCluster, VmiLookup]:
     # Imported here: the kubernetes client is slow to import and --offline never needs it.
-    from webhook.cache import (
-        ClusterCache,
-        ClusterConfigError,
-        KubeSource,
-        load_api_client,
-        resolve_kube_config,
-    )
+    from dlm_guard.kube.config import ClusterConfigError, load_api_client, resolve_kube_config
+    from webhook.cache import WebhookCluster
 
+    if not stale_after > 0 or stale_after == float("inf"):
+        raise StartupError(f"--stale-after must be a positive number of seconds, "
+                           f"not {stale_after:g}")
     try:
         config = resolve_kube_config(kubeconfig, os.environ, Path.home())
         api_client = load_api_client(config)
@@ -200,7 +200,13 @@ def _cluster_cache(kubeconfig: str | None) -> tuple[ClusterCache, VmiLookup]:
     log.info("watching cluster %s", api_client.configuration.host, extra={"config": config})
     from webhook.live import KubeVmiLookup
 
-    return ClusterCache(KubeSource(api_client)), KubeVmiLookup(api_client)
+    return WebhookCluster.for_client(api_client, stale_after), KubeVmiLookup(api_client)
+
+
+def _register_watch_health(metrics: AdmissionMetrics, cache: WebhookCluster) -> None:
+    from dlm_guard.kube.metrics import WatchHealthCollector
+
+    metrics.registry.register(WatchHealthCollector(lambda: {"": cache.cache}))
 
 
 def _cert_check(tls: ServingTLS) -> ReadyCheck:
@@ -224,7 +230,7 @@ def _reload_ctx(tls: ServingTLS, interval: float) -> Callable[[Any], AsyncIterat
     return sighup_only
 
 
-def _cache_ctx(cache: ClusterCache) -> Callable[[Any], AsyncIterator[None]]:
+def _cache_ctx(cache: WebhookCluster) -> Callable[[Any], AsyncIterator[None]]:
     async def lifetime(_app: Any) -> AsyncIterator[None]:
         cache.start()
         try:

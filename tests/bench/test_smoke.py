@@ -78,7 +78,7 @@ def test_micro_and_webhook_load_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # noqa: F811
-    results = smoke("apiserver,reconciler", tmp_path / "smoke.json")
+    results = smoke("apiserver,reconciler,cache", tmp_path / "smoke.json")
 
     e2e = results["apiserver"]
     assert e2e["with_webhooks"]["patched"] == 3 and e2e["without_webhooks"]["patched"] == 0
@@ -98,7 +98,8 @@ def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # no
             assert one["pass"]["deletions"] == 0  # nothing in the dataset is garbage
             assert positive(one["seconds"]) and positive(one["peak_rss_mib"])
             assert one["requests_total"] > 0
-            assert all(key.startswith("LIST ") or key.startswith(("POST", "PATCH"))
+            # The caches list and watch; the only other calls are writes.
+            assert all(key.startswith(("LIST ", "WATCH ", "POST", "PATCH"))
                        for counts in one["requests"].values() for key in counts)
     service = rec["service"]
     assert [positive(r["seconds_to_both_inboxes"]) for r in service["rotations"]] == [True]
@@ -106,6 +107,22 @@ def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # no
     assert positive(service["service_peak_rss_mib"])
     assert rec["requests_growth_beyond_paging"] <= 0  # a count, not a timing
     assert positive(service["variant"]["rotation_median_seconds_to_both"])
+
+    cache = results["cache"]
+    assert cache["loading"]["objects"] == 100
+    for state in ("empty", "loaded"):
+        hook = cache["webhook"][state]
+        assert positive(hook["ready_seconds"]) and positive(hook["rss_mib"])
+        rec = cache["reconciler"][state]
+        assert rec["passes_in_window"] > 0 and positive(rec["peak_rss_mib"])
+        assert rec["startup_requests_total"] > 0
+        # Idle passes read the caches: the API server sees no request from them.
+        assert all(not key.startswith(("LIST", "GET")) for counts in
+                   rec["requests_in_window"].values() for key in counts), rec
+    loaded = cache["webhook"]["loaded"]
+    for run in ("latency_quiet", "latency_with_status_stream"):
+        assert loaded[run]["requests"] > 0 and loaded[run]["errors"] == 0, loaded[run]
+    assert loaded["status_updates"]["sent"] > 0 and loaded["status_updates"]["errors"] == 0
 
 
 @pytest.mark.e2e

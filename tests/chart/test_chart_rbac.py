@@ -94,9 +94,12 @@ def test_offline_webhook_has_no_rbac(helm: Path) -> None:
 def test_reconciler_cluster_role(default_docs: list[Manifest]) -> None:
     role = next(r for r in of_kind(default_docs, "ClusterRole")
                 if r["metadata"]["name"].endswith("-reconciler"))
-    by_resource = {res: set(rule["verbs"]) for rule in role["rules"]
-                   for res in rule["resources"]}
-    assert by_resource["virtualmachineinstancemigrations"] == {"get", "list", "watch", "delete"}
+    by_resource: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for res in rule["resources"]:
+            by_resource.setdefault(res, set()).update(rule["verbs"])
+    assert by_resource["virtualmachineinstancemigrations"] == {"get", "list", "watch", "delete",
+                                                               "patch"}
     assert by_resource["virtualmachines"] == {"get", "list", "watch", "delete"}
     assert by_resource["virtualmachineinstances"] == {"get", "list", "watch"}
     assert by_resource["events"] == {"create"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import yaml
 
 from controlplane import Cluster, kubectl
 from controlplane.webhooks import WebhookServer
+from tests.waiting import last_attempt
 
 E2E_LABEL = "dlm-guard-e2e"  # the shared registration only sees namespaces labelled with it
 VM_NAME = "example-decentralized-lm-vm"
@@ -225,23 +225,6 @@ def create_together(cluster: Cluster, namespace: str, *objects: dict[str, Any]
                    check=False)
 
 
-# --- waiting for the webhook's cache --------------------------------------------------
-def eventually(attempt: Callable[[], subprocess.CompletedProcess[str]],
-               done: Callable[[subprocess.CompletedProcess[str]], bool],
-               timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
-    """Repeat a kubectl call until `done` holds; the last result either way.
-
-    The webhook reads cluster state from watches, so a change made a moment ago may not
-    have reached it yet: poll briefly instead of sleeping.
-    """
-    deadline = time.monotonic() + timeout
-    result = attempt()
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        result = attempt()
-    return result
-
-
 def apply_once_settled(cluster: Cluster, namespace: str, obj: dict[str, Any],
                        done: Callable[[subprocess.CompletedProcess[str]], bool]
                        ) -> subprocess.CompletedProcess[str]:
@@ -250,7 +233,7 @@ def apply_once_settled(cluster: Cluster, namespace: str, obj: dict[str, Any],
     Dry runs store nothing, so an object the webhook should have denied is never created
     just because a watch event was a few milliseconds late.
     """
-    eventually(lambda: apply(cluster, namespace, obj, dry_run=True), done)
+    last_attempt(lambda: apply(cluster, namespace, obj, dry_run=True), done)
     return apply(cluster, namespace, obj)
 
 

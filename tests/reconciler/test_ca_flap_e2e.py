@@ -26,10 +26,13 @@ from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
 from controlplane.virt_operator_standin import reconcile_ca_bundle
+from dlm_guard.projection import KIND_CONFIGMAP
 from reconciler import cli
 from reconciler.clusters import Registry
-from reconciler.loop import Reconciler
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.passes import PassReport, Reconciler
+from reconciler.watches import ClusterWatches
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -80,19 +83,52 @@ def ca(name: str, age: timedelta) -> x509.Certificate:
     return make_ca(start, start + timedelta(days=7), common_name=f"kubevirt.io@{name}").cert
 
 
+class Passes:
+    """One long-lived Reconciler (its memory spans the passes) over caches of both clusters.
+
+    Passes read the caches, which follow the API server by watch: before each pass, wait until
+    the caches hold the CA ConfigMaps as the API server has them now, so a pass decides on what
+    the stand-in just wrote, never on the state before it."""
+
+    def __init__(self, reconcile: Reconciler, watches: ClusterWatches,
+                 sites: dict[str, Site]) -> None:
+        self.reconcile, self.watches, self.sites = reconcile, watches, sites
+
+    def run_pass(self) -> PassReport:
+        eventually(self._caught_up, timeout=30, message="caches did not catch up")
+        return self.reconcile.run_pass()
+
+    def _caught_up(self) -> bool:
+        for name, site in self.sites.items():
+            cache = self.watches.caches[name]
+            for configmap in ("kubevirt-ca", "kubevirt-external-ca"):
+                live = site.configmap(configmap).metadata.resource_version
+                found = cache.table(configmap).list(KIND_CONFIGMAP)
+                if not found or found[0]["metadata"]["resourceVersion"] != live:
+                    return False
+        return True
+
+
 @contextmanager
 def reconciler(pair: tuple[Cluster, Cluster], metrics: ReconcilerMetrics,
-               ) -> Iterator[Reconciler]:
-    """One long-lived Reconciler (its memory spans the passes), managing east only."""
+               sites: tuple[Site, Site]) -> Iterator[Passes]:
+    """Passes managing east only."""
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["reconcile", "--cluster", f"east={pair[0].kubeconfig}",
                               "--cluster", f"west={pair[1].kubeconfig}", "--manage", "east",
                               "--api-timeout", "5s"])
-    registry = Registry(cli.settings_from_args(args))
+    settings = cli.settings_from_args(args)
+    registry = Registry(settings)
+    watches = ClusterWatches(settings)
     try:
-        yield Reconciler(cli.settings_from_args(args), registry, metrics)
+        watches.sync(registry.clusters)
+        assert watches.wait_synced(30)
+        yield Passes(Reconciler(settings, registry, metrics, watches), watches,
+                     {"east": sites[0], "west": sites[1]})
     finally:
+        watches.stop()
+        watches.join(10)
         registry.close()
 
 
@@ -120,7 +156,7 @@ def test_a_ca_merged_and_dropped_by_virt_operator_is_counted_and_explained(pair,
     east.install(None)
     west.install(None)
     metrics = ReconcilerMetrics()
-    with reconciler(pair, metrics) as reconcile:
+    with reconciler(pair, metrics, (east, west)) as reconcile:
         assert reconcile.run_pass().ok
         assert east.inbox() == to_pem([west.ca])
         assert readded(metrics, "east", "west") == 0.0  # shown from the start, for increase()
@@ -131,12 +167,12 @@ def test_a_ca_merged_and_dropped_by_virt_operator_is_counted_and_explained(pair,
         # virt-operator replaced the inbox's metadata: nothing of ours survives there.
         assert east.configmap("kubevirt-external-ca").metadata.labels == {
             "app.kubernetes.io/managed-by": "virt-operator"}
-        assert reconcile.run_ca_pass().ok
+        assert reconcile.run_pass().ok
         assert east.inbox() == ""  # in sync: nothing written
 
         east.virt_operator(VANILLA_OVERLAP)  # the next reconcile drops it again
         assert not east.trusts(west.ca)
-        assert reconcile.run_ca_pass().ok
+        assert reconcile.run_pass().ok
         assert east.inbox() == to_pem([west.ca])
         assert readded(metrics, "east", "west") == 1.0
         [warning] = east.events("CATrustFlapping")
@@ -170,12 +206,12 @@ def test_with_renew_before_at_half_the_duration_merged_cas_stay_and_nothing_is_r
     east.install(settings)
     west.install(settings)
     metrics = ReconcilerMetrics()
-    with reconciler(pair, metrics) as reconcile:
+    with reconciler(pair, metrics, (east, west)) as reconcile:
         assert reconcile.run_pass().ok
         for _ in range(3):
             east.virt_operator(timedelta(hours=84))
             assert east.trusts(west.ca)
-            assert reconcile.run_ca_pass().ok
+            assert reconcile.run_pass().ok
         assert east.inbox() == ""
         assert readded(metrics, "east", "west") == 0.0
         assert east.events("CATrustFlapping") == []
@@ -189,7 +225,7 @@ def test_without_a_kubevirt_cr_the_warning_says_the_values_are_unknown(pair):
     with pytest.raises(ApiException):
         east.custom.get_namespaced_custom_object("kubevirt.io", "v1", NS, "kubevirts", "kubevirt")
     metrics = ReconcilerMetrics()
-    with reconciler(pair, metrics) as reconcile:
+    with reconciler(pair, metrics, (east, west)) as reconcile:
         assert reconcile.run_pass().ok
         east.virt_operator(VANILLA_OVERLAP)
         east.virt_operator(VANILLA_OVERLAP)

@@ -19,9 +19,9 @@ from gc_factories import MIN, NOW, stamp, vm, vmi, vmim
 
 from dlm_guard.store import ObjectStore
 from reconciler.gc import (
-    REASONS,
     Deletion,
     GcMemory,
+    GcReason,
     GcSettings,
     decide_gc,
     parse_time,
@@ -52,8 +52,8 @@ def stores(snapshot: Snapshot) -> dict[str, ObjectStore | None]:
 def run(case: Case) -> list[Deletion]:
     memory = GcMemory()
     for ago, snapshot in case.history:
-        decide_gc(stores(snapshot), case.managed, NOW - ago, SETTINGS, memory)
-    return decide_gc(stores(case.now), case.managed, NOW, SETTINGS, memory)
+        memory = decide_gc(stores(snapshot), case.managed, NOW - ago, SETTINGS, memory).memory
+    return decide_gc(stores(case.now), case.managed, NOW, SETTINGS, memory).deletions
 
 
 def summary(deletions: Sequence[Deletion]) -> Expected:
@@ -285,7 +285,7 @@ def test_output_is_sorted_unique_and_carries_uids(case: Case) -> None:
     deletions = run(case)
     assert deletions == sorted(deletions, key=Deletion.sort_key)
     assert len({(d.cluster, d.kind, d.namespace, d.name) for d in deletions}) == len(deletions)
-    assert all(d.reason in REASONS and d.uid and d.detail for d in deletions)
+    assert all(isinstance(d.reason, GcReason) and d.uid and d.detail for d in deletions)
 
 
 def test_vmim_before_its_vm_and_clusters_in_order() -> None:
@@ -306,7 +306,7 @@ def test_missing_uid_is_none() -> None:
 def test_settings_are_honoured() -> None:
     snapshot = pair([target("Failed", 2 * MIN)], [source(ago=20 * MIN)])
     short = GcSettings(grace=timedelta(minutes=1), stuck_timeout=timedelta(minutes=10))
-    got = decide_gc(stores(snapshot), MANAGED, NOW, short, GcMemory())
+    got = decide_gc(stores(snapshot), MANAGED, NOW, short, GcMemory()).deletions
     assert summary(got) == {("dst", "vmim", "t", "failed-target"), ("src", "vmim", "s", "stuck")}
 
 
@@ -316,20 +316,20 @@ def test_defaults() -> None:
 
 
 def test_memory_forgets_gone_vmims_but_keeps_unreachable_clusters() -> None:
-    memory = GcMemory()
-    decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW, SETTINGS, memory)
-    assert ("dst", "ns", "t", "uid-t") in memory.peer_missing_since
-    decide_gc(stores({"dst": None, "src": []}), MANAGED, NOW, SETTINGS, memory)
-    assert ("dst", "ns", "t", "uid-t") in memory.state_since
-    decide_gc(stores({"dst": [], "src": []}), MANAGED, NOW, SETTINGS, memory)
-    assert memory == GcMemory()
+    first = decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW, SETTINGS, GcMemory()).memory
+    assert ("dst", "ns", "t", "uid-t") in first.peer_missing_since
+    second = decide_gc(stores({"dst": None, "src": []}), MANAGED, NOW, SETTINGS, first).memory
+    assert ("dst", "ns", "t", "uid-t") in second.state_since
+    assert first.peer_missing_since  # the argument is not changed
+    third = decide_gc(stores({"dst": [], "src": []}), MANAGED, NOW, SETTINGS, second).memory
+    assert third == GcMemory()
 
 
 def test_recreated_vmim_starts_with_fresh_memory() -> None:
-    memory = GcMemory()
-    decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW - 20 * MIN, SETTINGS, memory)
+    memory = decide_gc(stores(ORPHAN_TARGET), MANAGED, NOW - 20 * MIN, SETTINGS,
+                       GcMemory()).memory
     recreated = pair([target(ago=16 * MIN, uid="uid-new"), *TARGET_VM])
-    assert decide_gc(stores(recreated), MANAGED, NOW, SETTINGS, memory) == []
+    assert decide_gc(stores(recreated), MANAGED, NOW, SETTINGS, memory).deletions == []
 
 
 def test_decisions_do_not_mutate_snapshots() -> None:
@@ -366,3 +366,88 @@ def test_parse_time(text: object, expected: datetime | None) -> None:
 def test_phase_since(entries: object, expected: datetime | None) -> None:
     obj = {"status": {"phase": "Failed", "phaseTransitionTimestamps": entries}}
     assert phase_since(obj, "Failed") == expected
+
+
+# --- Evidence on the object: what survives restarts and `--once` ----------------------------
+def annotated(obj: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    copied = copy.deepcopy(obj)
+    copied["metadata"]["annotations"] = {f"dlm-guard.io/{k.replace('_', '-')}": v
+                                         for k, v in annotations.items()}
+    copied["metadata"]["resourceVersion"] = "41"
+    return copied
+
+
+def plan_for(snapshot: Snapshot, now: datetime = NOW, memory: GcMemory | None = None,
+             managed: tuple[str, ...] = MANAGED) -> Any:
+    return decide_gc(stores(snapshot), managed, now, SETTINGS, memory or GcMemory())
+
+
+def test_a_missing_peer_is_written_down_with_the_vmims_resource_version() -> None:
+    orphan = annotated(target(ago=16 * MIN), unused="x")
+    plan = plan_for(pair([orphan, *TARGET_VM]))
+    assert plan.deletions == []  # first sight: the clock starts now
+    [mark] = plan.marks
+    assert (mark.cluster, mark.name, mark.uid, mark.resource_version) == \
+        ("dst", "t", "uid-t", "41")
+    assert mark.annotations == {"dlm-guard.io/peer-missing-since": "2026-08-01T12:00:00Z"}
+
+
+def test_two_fresh_processes_ttl_apart_remove_the_orphan() -> None:
+    """The second `--once` run (or a new leader) knows nothing but the annotation."""
+    since = stamp(16 * MIN)
+    orphan = annotated(target(ago=16 * MIN), peer_missing_since=since)
+    plan = plan_for(pair([orphan, *TARGET_VM]))
+    assert summary(plan.deletions) == {("dst", "vmim", "t", "orphan")}
+    assert plan.marks == []  # deleted: no point annotating it
+    younger = annotated(target(ago=16 * MIN), peer_missing_since=stamp(14 * MIN))
+    assert plan_for(pair([younger, *TARGET_VM])).deletions == []
+
+
+def test_an_unreachable_cluster_clears_the_evidence_and_never_counts_as_absence() -> None:
+    orphan = annotated(target(ago=40 * MIN), peer_missing_since=stamp(30 * MIN))
+    plan = plan_for({"dst": [orphan, *TARGET_VM], "src": None})
+    assert plan.deletions == []
+    [mark] = plan.marks
+    assert mark.annotations == {"dlm-guard.io/peer-missing-since": None}  # removed
+
+
+def test_evidence_written_before_an_outage_of_the_vmims_own_cluster_is_not_trusted() -> None:
+    down = plan_for({"dst": None, "src": list(SOURCE_VM)}).memory
+    assert down.outages == {"dst"}
+    orphan = annotated(target(ago=40 * MIN), peer_missing_since=stamp(30 * MIN))
+    back = plan_for(pair([orphan, *TARGET_VM]), memory=down)
+    assert back.deletions == []
+    assert [m.annotations for m in back.marks] == [
+        {"dlm-guard.io/peer-missing-since": "2026-08-01T12:00:00Z"}]  # restarted now
+    assert back.memory.outages == frozenset()
+
+
+def test_a_peer_that_shows_up_clears_the_evidence() -> None:
+    waiting = annotated(target(ago=5 * MIN), peer_missing_since=stamp(4 * MIN))
+    plan = plan_for(pair([waiting, *TARGET_VM], [source()]))
+    assert [m.annotations for m in plan.marks] == [{"dlm-guard.io/peer-missing-since": None}]
+
+
+def test_a_failure_without_upstream_timestamp_gets_our_clock_on_the_object() -> None:
+    first = plan_for(NO_TIMESTAMPS_FAILED)
+    assert first.deletions == []
+    assert {m.name: dict(m.annotations) for m in first.marks}["t"] == {
+        "dlm-guard.io/state-since": "Failed 2026-08-01T12:00:00Z"}
+    failed = annotated(target("Failed", None), state_since=f"Failed {stamp(6 * MIN)}")
+    later = plan_for(pair([failed, *TARGET_VM], [source()]))
+    assert ("dst", "vmim", "t", "failed-target") in summary(later.deletions)
+    stale_state = annotated(target("Failed", None), state_since=f"Running {stamp(6 * MIN)}")
+    assert plan_for(pair([stale_state, *TARGET_VM], [source()])).deletions == []
+
+
+def test_no_evidence_is_written_where_we_may_not_write() -> None:
+    assert plan_for(ORPHAN_TARGET, managed=("src",)).marks == []
+    terminating = pair([target(ago=16 * MIN, terminating=True), *TARGET_VM])
+    assert plan_for(terminating).marks == []
+
+
+def test_finished_and_failed_migrations_get_no_absence_clock() -> None:
+    """A history of Succeeded migrations whose peers are long gone: nothing to write."""
+    history = pair([target("Succeeded", 60 * MIN), target("Failed", 2 * MIN, name="f")])
+    plan = plan_for(history)
+    assert plan.marks == [] and plan.memory.peer_missing_since == {}

@@ -282,9 +282,9 @@ def test_every_deletion_is_allowed(passes: list[Pass]) -> None:
     for p in passes:
         stores = _stores(p.snapshot)
         seen.append((p, stores))
-        again = copy.deepcopy(memory)
-        deletions = decide_gc(stores, p.managed, p.now, SETTINGS, memory)
-        assert deletions == decide_gc(stores, p.managed, p.now, SETTINGS, again)  # deterministic
+        plan = decide_gc(stores, p.managed, p.now, SETTINGS, memory)
+        assert plan == decide_gc(stores, p.managed, p.now, SETTINGS, memory)  # deterministic
+        deletions, memory = plan.deletions, plan.memory
         assert len({(d.cluster, d.kind, d.namespace, d.name) for d in deletions}) \
             == len(deletions)
         oracle = Oracle(list(seen))

@@ -1,11 +1,11 @@
 """Leader election decisions, act's guards and Event shape, metrics, the HTTP endpoints, and
-which pass each trigger of the service loop runs."""
+how the service loop coalesces changes into passes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,15 +13,16 @@ import aiohttp
 import pytest
 
 from dlm_guard.domain import KIND_VM, KIND_VMI, KIND_VMIM
-from reconciler import loop
+from reconciler import service
 from reconciler.act import Actor, event_body
 from reconciler.clusters import Cluster, ClusterConfig
-from reconciler.gc import Deletion
+from reconciler.gc import Deletion, GcReason
 from reconciler.http import make_app, start_server
 from reconciler.leader import LeaseConfig, Step, decide_lease, lease_body, micro_time
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.settings import Settings
 from reconciler.trust import CaWrite
+from tests.waiting import eventually_async
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -81,7 +82,7 @@ def actor(**kwargs: Any) -> tuple[Actor, ReconcilerMetrics]:
 
 
 def deletion(kind: str = KIND_VMIM, cluster_name: str = "a", uid: str | None = "u") -> Deletion:
-    return Deletion(cluster_name, kind, "ns", "n", uid, "failed-target")
+    return Deletion(cluster_name, kind, "ns", "n", uid, GcReason.FAILED_TARGET)
 
 
 def test_losing_the_lease_stops_writes_and_deletions_before_any_api_call():
@@ -168,7 +169,7 @@ async def test_healthz_and_metrics_endpoints():
         await runner.cleanup()
 
 
-# --- the service loop: a CA trust pass only when nothing but CA ConfigMaps changed ---------------
+# --- the service loop: bursts of changes coalesce into one pass, resync -------------------------
 class NoClusters:
     """A Registry stand-in with no clusters: no watches, no API calls."""
 
@@ -177,46 +178,34 @@ class NoClusters:
 
 
 @contextlib.asynccontextmanager
-async def service_recording(resync: timedelta) -> AsyncIterator[tuple[loop.Service, list[str]]]:
-    """The service loop with its passes replaced by recording which kind ran."""
+async def service_recording(resync: timedelta) -> AsyncIterator[tuple[service.Service,
+                                                                       list[str]]]:
+    """The service loop with its passes replaced by recording that one ran."""
     settings = Settings(metrics_port=0, resync_period=resync)
-    service = loop.Service(settings, NoClusters(), ReconcilerMetrics())  # type: ignore[arg-type]
+    running = service.Service(settings, NoClusters(), ReconcilerMetrics())  # type: ignore[arg-type]
     passes: list[str] = []
-    service.reconciler.run_pass = lambda: passes.append("full")  # type: ignore[assignment,method-assign,return-value]
-    service.reconciler.run_ca_pass = lambda: passes.append("ca")  # type: ignore[assignment,method-assign,return-value]
-    task = asyncio.create_task(service.run(host="127.0.0.1"))
+    running.reconciler.run_pass = lambda: passes.append("pass")  # type: ignore[assignment,method-assign,return-value]
+    task = asyncio.create_task(running.run(host="127.0.0.1"))
     try:
-        yield service, passes
+        yield running, passes
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+async def test_a_burst_of_changes_runs_one_more_pass(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(service, "DEBOUNCE_SECONDS", 0.05)
+    async with service_recording(timedelta(hours=1)) as (running, passes):
+        await eventually_async(lambda: passes == ["pass"])  # the first pass
+        for _ in range(5):
+            running.poke()  # from watch threads: thread-safe, coalesced
+        await eventually_async(lambda: len(passes) == 2)
+        running.poke()
+        await eventually_async(lambda: len(passes) == 3)
 
 
-async def test_only_ca_configmap_events_run_a_ca_pass(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(loop, "DEBOUNCE_SECONDS", 0.05)
-    async with service_recording(timedelta(hours=1)) as (service, passes):
-        await until(lambda: passes == ["full"])  # the first pass is always full
-        service.poke_ca()
-        service.poke_ca()  # a burst coalesces into one pass
-        await until(lambda: len(passes) == 2)
-        service.poke_ca()
-        service.poke()  # a VMIM or peer Secret event among them: full
-        await until(lambda: len(passes) == 3)
-        await asyncio.sleep(0.2)
-        assert passes == ["full", "ca", "full"]
-
-
-async def test_resync_passes_are_full(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(loop, "DEBOUNCE_SECONDS", 0.01)
+async def test_resync_runs_passes_without_changes(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(service, "DEBOUNCE_SECONDS", 0.01)
     async with service_recording(timedelta(seconds=0.05)) as (_, passes):
-        await until(lambda: len(passes) >= 3)
-        assert set(passes) == {"full"}
-
+        await eventually_async(lambda: len(passes) >= 3)

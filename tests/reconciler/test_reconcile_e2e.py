@@ -13,18 +13,20 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -34,14 +36,18 @@ from certs.bundle import parse_bundle, to_pem
 from certs.generate import make_ca
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
-from reconciler import cli, gather
-from reconciler.act import Actor
+from dlm_guard.kube.api import ApiSource
+from reconciler import cli, service
+from reconciler.act import Actor, ActOutcome
 from reconciler.clusters import Registry
-from reconciler.gc import Deletion
+from reconciler.gc import Deletion, GcReason
+from reconciler.gc import parse_time as gc_parse_time
 from reconciler.leader import LeaderElector, LeaseConfig
-from reconciler.loop import PassReport, Reconciler, Service
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.passes import PassReport
+from reconciler.service import Service
 from reconciler.trust import CaWrite
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -187,16 +193,11 @@ def run_once(pair: tuple[Cluster, Cluster], *extra: str, manage: tuple[str, ...]
     settings = cli.settings_from_args(flags(pair, "--once", *extra, manage=manage))
     registry = Registry(settings)
     try:
-        return Reconciler(settings, registry, metrics or ReconcilerMetrics()).run_pass()
+        report = service.run_once(settings, registry, metrics or ReconcilerMetrics())
     finally:
         registry.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
+    assert report is not None
+    return report
 
 
 # --- CA trust ----------------------------------------------------------------------------------
@@ -252,31 +253,43 @@ def test_a_read_only_cluster_is_never_written(pair, east, west, cas):
 
 
 # --- the long-running service: watch-driven passes, /healthz, /metrics ----------------------------
+class Running:
+    """The service on a thread of its own, as in a pod; stop() as SIGTERM would."""
+
+    def __init__(self, pair: tuple[Cluster, Cluster], *extra: str) -> None:
+        self.settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", *extra))
+        self.registry = Registry(self.settings)
+        self.service = Service(self.settings, self.registry, ReconcilerMetrics())
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(self.service.run(host="127.0.0.1"))
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="service")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+    def stop(self, timeout: float) -> bool:
+        """Cancel the service; True when its thread ended within `timeout` seconds."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self.thread.join(timeout)
+        self.registry.close()
+        return not self.thread.is_alive()
+
+
 @contextlib.contextmanager
 def serving(pair: tuple[Cluster, Cluster]) -> Iterator[Service]:
-    """The service (resync 1h) on a thread, yielded once its first pass ran and every watch
-    has listed: changes from then on are seen."""
-    settings = cli.settings_from_args(flags(pair, "--metrics-port", "0", "--resync-period", "1h"))
-    registry = Registry(settings)
-    service = Service(settings, registry, ReconcilerMetrics())
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(service.run(host="127.0.0.1"))
-
-    def serve() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    """The service (resync 1h) on a thread, yielded once every cache has listed: changes
+    from then on are seen."""
+    running = Running(pair, "--resync-period", "1h")
     try:
-        eventually(lambda: service.port is not None and service.watches.all_ready())
-        yield service
+        eventually(lambda: running.service.port is not None and running.service.watches.caches
+                   and running.service.watches.all_synced(), timeout=20)
+        yield running.service
     finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=30)
-        registry.close()
-    assert not thread.is_alive()
+        stopped = running.stop(timeout=5)
+    assert stopped
 
 
 def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, cas):
@@ -304,47 +317,49 @@ def test_the_service_reacts_to_a_ca_change_and_serves_metrics(pair, east, west, 
     west.merge_inbox()
 
 
-def test_ca_events_run_ca_passes_that_list_no_vmims_and_vmim_events_full_ones(
-        pair, east, west, cas, monkeypatch):
-    listed: list[str] = []
-    real_list = gather.list_kubevirt
+def test_passes_read_the_caches_and_never_list(pair, east, west, cas, monkeypatch):
+    """A change reaches a pass through the watches; the pass itself makes no list call,
+    whatever the number of objects (the CA-only pass of before is no longer needed)."""
+    lists: list[str] = []
+    real_list = ApiSource.list_page
 
-    def counting_list(api: k8s.ApiClient, kind: str, timeout: float) -> list[dict[str, Any]]:
-        listed.append(kind)
-        return real_list(api, kind, timeout)
+    def counting(self: ApiSource, resource: Any, selector: Any, token: str | None) -> Any:
+        lists.append(resource.kind)
+        return real_list(self, resource, selector, token)
 
-    monkeypatch.setattr(gather, "list_kubevirt", counting_list)
-    with serving(pair) as service:
-        scopes: list[str] = []
-
-        def recording(method: Callable[[], PassReport], scope: str) -> Callable[[], PassReport]:
-            def run() -> PassReport:
-                scopes.append(scope)
-                return method()
-            return run
-
-        for name, scope in (("run_pass", "full"), ("run_ca_pass", "ca")):
-            monkeypatch.setattr(service.reconciler, name,
-                                recording(getattr(service.reconciler, name), scope))
-        assert listed  # the first pass is a full one
-        listed.clear()
+    monkeypatch.setattr(ApiSource, "list_page", counting)
+    with serving(pair) as running:
+        listed_at_start = len(lists)
+        assert listed_at_start >= 10  # 5 caches per cluster, each listed once
         west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
                         to_pem([cas["west4"]]))
         eventually(lambda: east.bundle("kubevirt-external-ca") == to_pem([cas["west4"]]))
-        # Our write echoes back on east's inbox watch: one more CA pass, still no lists.
-        eventually(lambda: len(scopes) >= 2)
-        assert set(scopes) == {"ca"} and listed == []
-
         east.ensure_namespace(VM_NS)
         east.create("virtualmachineinstancemigrations", vmim("probe-in", "receive", "probe",
                                                              "probe"))
         try:
-            eventually(lambda: "full" in scopes)
-            eventually(lambda: "VirtualMachineInstanceMigration" in listed)
+            eventually(lambda: running.watches.caches["east"].view().get(
+                "VirtualMachineInstanceMigration", VM_NS, "probe-in") is not None)
         finally:
             east.custom.delete_namespaced_custom_object(
                 "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations", "probe-in")
+        assert len(lists) == listed_at_start
     east.merge_inbox()
+
+
+def test_the_service_stops_within_5s_wherever_it_is_stopped(pair):
+    """Stopped at random points of its start-up (lists in flight, first pass) and of its
+    pass cycle (resync every second): gone within 5 s each time, its watches too."""
+    rng = random.Random(20261204)
+    for _ in range(12):
+        running = Running(pair, "--resync-period", "1s")
+        time.sleep(rng.uniform(0.0, 1.5))  # the random point to stop at, not a wait
+        started = time.monotonic()
+        assert running.stop(timeout=5), "service thread alive 5 s after cancellation"
+        assert time.monotonic() - started < 5
+        leftover = [t.name for t in threading.enumerate()
+                    if t.name.startswith(("watch-east/", "watch-west/", "reconcile-pass"))]
+        assert leftover == []
 
 
 # --- migration clean-up ---------------------------------------------------------------------------
@@ -414,7 +429,7 @@ def test_gc_dry_run_deletes_nothing(pair, east):
     east.set_status("virtualmachineinstancemigrations", "dry-in",
                     failed_status(datetime.now(UTC) - timedelta(minutes=1)))
     report = run_once(pair, "--gc-grace", "0", "--dry-run")
-    assert report.ok and [r.outcome for _, r in report.deletions] == ["dry-run", "dry-run"]
+    assert report.ok and [r.outcome for _, r in report.deletions] == [ActOutcome.DRY_RUN] * 2
     assert east.exists("virtualmachineinstancemigrations", "dry-in")
     assert east.exists("virtualmachines", "dry")
 
@@ -445,12 +460,12 @@ def test_gc_never_deletes_an_object_recreated_under_the_same_name(pair, east):
     registry = Registry(cli.settings_from_args(flags(pair)))
     try:
         stale = Deletion("east", "VirtualMachineInstanceMigration", VM_NS, "again",
-                         old["metadata"]["uid"], "failed-target")
+                         old["metadata"]["uid"], GcReason.FAILED_TARGET)
         result = Actor({c.name: c for c in registry.clusters}, dry_run=False, timeout=5.0,
                        metrics=ReconcilerMetrics()).delete(stale, old)
     finally:
         registry.close()
-    assert result.ok and result.outcome == "conflict"
+    assert result.ok and result.outcome is ActOutcome.CONFLICT
     assert east.exists("virtualmachineinstancemigrations", "again")
 
 
@@ -461,9 +476,8 @@ def test_leader_election_on_a_real_lease(east):
     b = LeaderElector(east.client, replace(config, identity="replica-b"))
     assert a.step() and a.is_leader()
     assert not b.step()
-    # a stops renewing (a crash): within its renew deadline it stops acting by itself...
-    time.sleep(1.1)
-    assert not a.is_leader()
+    # a stops renewing (a crash): past its renew deadline it stops acting by itself...
+    eventually(lambda: not a.is_leader(), timeout=5)
     # ...and b takes over once it has seen the same record for a whole lease duration.
     eventually(b.step, timeout=10)
     assert not a.step() and not a.is_leader()
@@ -479,20 +493,22 @@ def test_in_a_pod_peers_come_from_labelled_secrets_without_restart(pair, east, w
     east.ensure_namespace("dlm")
     registry = Registry(settings, local_client=lambda: Api(pair[0]).client)
     try:
-        assert [c.name for c in registry.refresh()] == ["local"]
+        assert [c.name for c in registry.clusters] == ["local"]
         kubeconfig = base64.b64encode(pair[1].kubeconfig.read_bytes()).decode()
         east.core.create_namespaced_secret("dlm", k8s.V1Secret.model_validate({
             "metadata": {"name": "west-peer", "labels": {"dlm-guard.io/peer": "west"}},
             "data": {"kubeconfig": kubeconfig}}))
         west.set_bundle("kubevirt-ca", (west.bundle("kubevirt-ca") or "") +
                         to_pem([cas["west3"]]))
-        report = Reconciler(settings, registry, ReconcilerMetrics()).run_pass()
+        report = service.run_once(settings, registry, ReconcilerMetrics())
+        assert report is not None
         assert report.ok, report.errors
         assert sorted(c.name for c in registry.clusters) == ["local", "west"]
         assert east.bundle("kubevirt-external-ca") == to_pem([cas["west3"]])
         assert west.bundle("kubevirt-external-ca") == ""  # a peer from a Secret is read-only
         east.core.delete_namespaced_secret("west-peer", "dlm")
-        assert [c.name for c in registry.refresh()] == ["local"]
+        assert service.run_once(settings, registry, ReconcilerMetrics()) is not None
+        assert [c.name for c in registry.clusters] == ["local"]
     finally:
         registry.close()
         east.merge_inbox()
@@ -531,6 +547,55 @@ def test_the_command_holds_the_lease_and_releases_it_on_sigterm(pair, east):
     assert lease["spec"]["holderIdentity"] == ""  # handed over, not left to expire
 
 
+# --- clean-up evidence on the object: two `--once` runs, an unreachable cluster ------------------
+MISSING_SINCE = "dlm-guard.io/peer-missing-since"
+
+
+def dead_cluster_flag(pair: tuple[Cluster, Cluster], tmp_path: Any) -> tuple[str, str]:
+    """A third cluster whose API server does not answer (nothing listens on port 1)."""
+    config = yaml.safe_load(pair[0].kubeconfig.read_text())
+    for entry in config["clusters"]:
+        entry["cluster"]["server"] = "https://127.0.0.1:1"
+    path = tmp_path / "dead.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return "--cluster", f"dead={path}"
+
+
+def vmim_annotations(api: Api, name: str) -> dict[str, str]:
+    obj: Any = api.custom.get_namespaced_custom_object(
+        "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations", name)
+    return dict(obj["metadata"].get("annotations") or {})
+
+
+def test_two_once_runs_orphan_ttl_apart_remove_an_orphan_and_outages_never_count(
+        pair, east, tmp_path):
+    east.ensure_namespace(VM_NS)
+    east.create("virtualmachineinstancemigrations", vmim("lonely-in", "receive", "lonely",
+                                                         "lonely"))
+    ttl = ("--orphan-ttl", "3s")
+    assert run_once(pair, *ttl).ok  # first sight: the evidence goes on the object
+    since = gc_parse_time(vmim_annotations(east, "lonely-in")[MISSING_SINCE])
+    assert since is not None and abs((datetime.now(UTC) - since).total_seconds()) < 30
+
+    # A cluster that cannot be reached: never evidence of absence, the clock restarts.
+    eventually(lambda: datetime.now(UTC) > since + timedelta(seconds=4))
+    report = run_once(pair, *ttl, *dead_cluster_flag(pair, tmp_path))
+    assert not report.ok and any("dead" in e for e in report.errors)
+    assert east.exists("virtualmachineinstancemigrations", "lonely-in")
+    assert MISSING_SINCE not in vmim_annotations(east, "lonely-in")
+
+    assert run_once(pair, *ttl).ok  # a fresh process: starts the clock again
+    restarted = gc_parse_time(vmim_annotations(east, "lonely-in")[MISSING_SINCE])
+    assert restarted is not None and restarted >= since
+    assert east.exists("virtualmachineinstancemigrations", "lonely-in")
+    eventually(lambda: datetime.now(UTC) > restarted + timedelta(seconds=4))
+    report = run_once(pair, *ttl)  # another fresh process, ttl later: removes it
+    assert report.ok, report.errors
+    assert ("lonely-in", GcReason.ORPHAN, ActOutcome.DELETED) in [
+        (d.name, d.reason, r.outcome) for d, r in report.deletions]
+    assert not east.exists("virtualmachineinstancemigrations", "lonely-in")
+
+
 # --- a peer goes down (keep last: it stops west's apiserver) ------------------------------------
 def test_a_peer_going_down_leaves_the_other_cluster_intact_and_reports_the_error(pair, east):
     names = ("kubevirt-ca", "kubevirt-external-ca")
@@ -548,9 +613,12 @@ def test_a_peer_going_down_leaves_the_other_cluster_intact_and_reports_the_error
     assert {n: (east.rv(n), east.bundle(n)) for n in names} == before
     vmims_after = east.custom.list_namespaced_custom_object(
         "kubevirt.io", "v1", VM_NS, "virtualmachineinstancemigrations")["items"]
-    # Orphan clean-up needs every cluster reachable: nothing of east's was deleted.
-    assert [o["metadata"]["resourceVersion"] for o in vmims_after] == \
-        [o["metadata"]["resourceVersion"] for o in vmims_before]
+    # Orphan clean-up needs every cluster reachable: nothing of east's was deleted, and the
+    # absence evidence on them is gone (the clocks restart once west is back).
+    assert [o["metadata"]["uid"] for o in vmims_after] == \
+        [o["metadata"]["uid"] for o in vmims_before]
+    assert not [o for o in vmims_after
+                if MISSING_SINCE in (o["metadata"].get("annotations") or {})]
     text = metrics.exposition().decode()
     assert 'dlm_guard_cluster_up{cluster="west"} 0.0' in text
     assert 'dlm_guard_cluster_up{cluster="east"} 1.0' in text

@@ -158,7 +158,7 @@ class FakeApi:
         self.closed = True
 
 
-def test_registry_picks_up_added_and_removed_secrets_and_keeps_peers_when_listing_fails(
+def test_registry_picks_up_added_and_removed_secrets_and_keeps_peers_when_unknown(
         monkeypatch):
     made: list[FakeApi] = []
 
@@ -166,39 +166,29 @@ def test_registry_picks_up_added_and_removed_secrets_and_keeps_peers_when_listin
         made.append(FakeApi())
         return made[-1]
 
-    monkeypatch.setattr("reconciler.clusters.client_for_kubeconfig", fake_client)
-    listing: list[Any] = [[secret("west")]]
-
-    def lister(api: Any) -> list[Any]:
-        if isinstance(listing[0], Exception):
-            raise listing[0]
-        return listing[0]
-
-    registry = Registry(Settings(), local_client=FakeApi, list_secrets=lister)  # type: ignore[arg-type]
-    assert sorted(c.name for c in registry.refresh()) == ["local", "west"]
+    monkeypatch.setattr("reconciler.clusters.client_from_kubeconfig", fake_client)
+    registry = Registry(Settings(), local_client=FakeApi)  # type: ignore[arg-type]
+    assert [c.name for c in registry.clusters] == ["local"]
+    assert sorted(c.name for c in registry.refresh([secret("west")])) == ["local", "west"]
     west = registry.get("west")
-    assert registry.refresh() and registry.get("west") is west  # unchanged: same client
-    listing[0] = OSError("apiserver down")
-    assert sorted(c.name for c in registry.refresh()) == ["local", "west"]
-    listing[0] = [secret("west"), secret("north")]
-    assert sorted(c.name for c in registry.refresh()) == ["local", "north", "west"]
-    listing[0] = [secret("north")]
-    assert sorted(c.name for c in registry.refresh()) == ["local", "north"]
+    assert registry.refresh([secret("west")]) and registry.get("west") is west  # same client
+    # The local cache cannot be trusted now (None): keep the known peers.
+    assert sorted(c.name for c in registry.refresh(None)) == ["local", "west"]
+    assert sorted(c.name for c in registry.refresh([secret("west"), secret("north")])) == \
+        ["local", "north", "west"]
+    assert sorted(c.name for c in registry.refresh([secret("north")])) == ["local", "north"]
     assert made[0].closed  # the removed peer's client is closed
     local = registry.get("local")
     assert local is not None and local.managed
 
 
 def test_a_changed_peer_secret_gets_a_new_client(monkeypatch):
-    monkeypatch.setattr("reconciler.clusters.client_for_kubeconfig", lambda _: FakeApi())
+    monkeypatch.setattr("reconciler.clusters.client_from_kubeconfig", lambda _: FakeApi())
     other = dict(KUBECONFIG, clusters=[{"name": "c", "cluster": {"server": "https://x:2"}}])
-    listing = [[secret("west")]]
-    registry = Registry(Settings(), local_client=FakeApi,  # type: ignore[arg-type]
-                        list_secrets=lambda api: listing[0])
-    registry.refresh()
+    registry = Registry(Settings(), local_client=FakeApi)  # type: ignore[arg-type]
+    registry.refresh([secret("west")])
     first = registry.get("west")
-    listing[0] = [secret("west", kubeconfig=other)]
-    registry.refresh()
+    registry.refresh([secret("west", kubeconfig=other)])
     assert registry.get("west") is not first
     assert first is not None and isinstance(first.api, FakeApi) and first.api.closed
 

@@ -9,7 +9,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,11 @@ from server_support import TARGET_VMIM, free_port, review, wait_for_port
 from controlplane import Cluster, install_crds_on, start_clusters
 from controlplane.pytest_plugin import binaries  # noqa: F401  (fixture)
 from dlm_guard.domain import KIND_KUBEVIRT, KIND_VMIM, Role
-from webhook.cache import ClusterCache, KubeSource, load_api_client
+from dlm_guard.kube.api import ApiSource
+from dlm_guard.kube.cache import ClusterCache
+from dlm_guard.kube.config import load_api_client
+from tests.waiting import eventually, eventually_async
+from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -56,38 +60,47 @@ def vmim(name: str, migration_id: str) -> dict[str, Any]:
             "spec": {"vmiName": "vm-1", "receive": {"migrationID": migration_id}}}
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
-def test_cache_lists_then_follows_watches_and_stops_promptly(
+def test_cache_lists_in_pages_then_follows_watches_and_stops_promptly(
         cluster: Cluster, custom: k8s.CustomObjectsApi) -> None:
-    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "virtualmachineinstancemigrations",
-                                           vmim("listed", "mid-listed"))
-    cache = ClusterCache(KubeSource(load_api_client(str(cluster.kubeconfig))))
+    for index in range(5):  # more than one page of 2
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, NS, "virtualmachineinstancemigrations",
+            vmim(f"listed-{index}", f"mid-listed-{index}"))
+    api = load_api_client(str(cluster.kubeconfig))
+    cache = WebhookCluster(ClusterCache(ApiSource(api, page_size=2), WEBHOOK_WATCHED))
     cache.start()
     try:
-        wait_until(lambda: cache.ready)
-        assert cache.store.get(KIND_VMIM, NS, "listed") is not None  # from the first list
+        eventually(lambda: cache.not_ready_reason() is None)
+        listed = cache.view()
+        assert all(listed.get(KIND_VMIM, NS, f"listed-{i}") for i in range(5))
         custom.create_namespaced_custom_object(
             GROUP, VERSION, NS, "virtualmachineinstancemigrations", vmim("watched", "mid-w"))
         custom.create_namespaced_custom_object(
             GROUP, VERSION, "kubevirt", "kubevirts",
             {"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
              "metadata": {"name": "kubevirt", "namespace": "kubevirt"}, "spec": {}})
-        wait_until(lambda: bool(cache.store.vmims_with_migration_id(Role.TARGET, "mid-w")))
-        wait_until(lambda: cache.store.get(KIND_KUBEVIRT, "kubevirt", "kubevirt") is not None)
+        eventually(lambda: cache.view().vmims_with_migration_id(Role.TARGET, "mid-w"))
+        eventually(lambda: cache.view().get(KIND_KUBEVIRT, "kubevirt", "kubevirt"))
         custom.delete_namespaced_custom_object(
-            GROUP, VERSION, NS, "virtualmachineinstancemigrations", "listed")
-        wait_until(lambda: cache.store.get(KIND_VMIM, NS, "listed") is None)
+            GROUP, VERSION, NS, "virtualmachineinstancemigrations", "listed-0")
+        eventually(lambda: cache.view().get(KIND_VMIM, NS, "listed-0") is None)
+        # A view taken earlier does not change under its reader.
+        assert listed.get(KIND_VMIM, NS, "listed-0") is not None
+        assert listed.get(KIND_VMIM, NS, "watched") is None
+        assert all(h.healthy for h in cache.cache.health().values())
     finally:
         started = time.monotonic()
         # The watches are blocked in reads on quiet streams: stop must unblock them.
         assert cache.stop(timeout=5)
         assert time.monotonic() - started < 3
+
+
+async def _until_ready(session: aiohttp.ClientSession, base: str) -> None:
+    async def ready() -> bool:
+        async with session.get(f"{base}/readyz") as resp:
+            return resp.status == 200
+
+    await eventually_async(ready, message="never ready")
 
 
 async def test_serve_reads_cluster_state_and_stops_on_sigterm(
@@ -122,15 +135,6 @@ async def test_serve_reads_cluster_state_and_stops_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-async def _until_ready(session: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(200):
-        async with session.get(f"{base}/readyz") as resp:
-            if resp.status == 200:
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError("never ready")
 
 
 async def _denial(session: aiohttp.ClientSession, base: str, obj: dict[str, Any]) -> str:

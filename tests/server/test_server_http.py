@@ -21,7 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_support import SOURCE_VMIM, TARGET_VM, TARGET_VMIM, Obj, offline_context, review
 
 from certs.generate import PairPaths
-from webhook.cache import ClusterCache, Resource
+from dlm_guard.kube.api import Page, Selector
+from dlm_guard.kube.cache import ClusterCache
+from dlm_guard.kube.resources import Resource
+from tests.waiting import eventually_async
+from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
 from webhook.decision import Decision
 from webhook.engine import Context
 from webhook.review import MAX_BODY_BYTES
@@ -246,32 +250,40 @@ async def test_each_app_has_its_own_registry(serve: Any,
 
 
 # --- Readiness ------------------------------------------------------------------------
+class _QuietStream:
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        self._closed.wait(10)
+        return iter(())
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def release(self) -> None:
+        self._closed.set()
+
+
 class _SlowSource:
     """A cluster whose first list completes only when the test says so."""
 
     def __init__(self) -> None:
-        self.listing_allowed, self.closed = threading.Event(), threading.Event()
+        self.listing_allowed = threading.Event()
 
-    def list(self, resource: Resource) -> tuple[list[Mapping[str, Any]], str]:
+    def list_page(self, resource: Resource, selector: Selector, token: str | None) -> Page:
         self.listing_allowed.wait(10)
-        return [], "1"
+        return Page([], "1", None)
 
-    def watch(self, resource: Resource, version: str) -> Iterator[Mapping[str, Any]]:
-        self.closed.wait(10)
-        return iter(())
-
-    def close(self) -> None:
-        self.closed.set()
-
-    def release(self) -> None:
-        pass
+    def watch(self, resource: Resource, selector: Selector, version: str) -> _QuietStream:
+        return _QuietStream()
 
 
 async def test_readyz_waits_for_the_first_cluster_list(serve: Any,
                                                        session: aiohttp.ClientSession) -> None:
     source = _SlowSource()
-    cache = ClusterCache(source)
-    app = create_app(Context(policy=offline_context().policy, cluster=cache.store,
+    cache = WebhookCluster(ClusterCache(source, WEBHOOK_WATCHED))
+    app = create_app(Context(policy=offline_context().policy, cluster=cache,
                              new_id=lambda: "x"), ready_checks=[cache.not_ready_reason])
     cache.start()
     try:
@@ -280,12 +292,12 @@ async def test_readyz_waits_for_the_first_cluster_list(serve: Any,
                 assert resp.status == 503
                 assert "VirtualMachineInstanceMigration" in await resp.text()
             source.listing_allowed.set()
-            for _ in range(100):
+
+            async def ready() -> bool:
                 async with session.get(f"{url}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-                await asyncio.sleep(0.02)
-            assert resp.status == 200
+                    return resp.status == 200
+
+            await eventually_async(ready, timeout=5, message="never ready")
     finally:
         assert await asyncio.get_running_loop().run_in_executor(None, cache.stop)
 

@@ -345,3 +345,31 @@ def test_unknown_feature_gate_state_is_dropped_when_off() -> None:
     store = cluster(kubevirt(gates=(), version="latest"), vmi())
     assert "feature-gate" not in slugs_of(request(source_vmim()), store,
                                           {"rules": {"feature-gate": "off"}})
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.slug in CLUSTER_RULES],
+                         ids=lambda c: c.slug)
+def test_a_stale_cluster_view_answers_as_offline_with_a_warning(case: Case) -> None:
+    """webhook/cache.py: once a watch has failed for --stale-after, cluster rules are
+    skipped rather than run on old data, and the review says so."""
+    store = (case.store or ObjectStore()).marked_stale("cluster state is stale (test)")
+    evaluation = evaluate(case.bad, context({}, store))
+    assert case.slug not in {r.finding.rule for r in evaluation.findings}
+    decision = evaluation.decision()
+    assert any("cluster state is stale (test)" in w for w in decision.warnings)
+
+
+def test_a_fresh_view_per_review() -> None:
+    """The engine asks its cluster source for one view per review."""
+    views: list[ObjectStore] = []
+
+    class Source:
+        def view(self) -> ObjectStore:
+            views.append(healthy_target_cluster())
+            return views[-1]
+
+    ctx = context({})
+    ctx = type(ctx)(policy=ctx.policy, cluster=Source(), new_id=ctx.new_id)
+    for _ in range(2):
+        assert evaluate(request(target_vmim()), ctx).verdict == "ALLOW"
+    assert len(views) == 2
