@@ -6,14 +6,15 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlm_guard.domain import DEFAULT_KUBEVIRT_NAMESPACE
-from doctor.checks import run_checks
-from doctor.gather import Unreachable, client_for, gather_cluster
-from doctor.model import ClusterSnapshot
 from doctor.report import EXIT_INPUT, as_json, exit_code, text
 from reconciler.settings import ClusterSpec, parse_cluster_flag
+
+if TYPE_CHECKING:  # doctor.gather pulls in the kubernetes client: imported on use only, so
+    # building the CLI parser (every dlm-guard command) stays light.
+    from doctor.model import ClusterSnapshot
 
 DEFAULT_RECONCILER_NAMESPACE = "dlm-guard-system"  # the chart README's install namespace
 
@@ -49,6 +50,8 @@ def _specs(values: list[str]) -> list[ClusterSpec]:
 
 
 def _gather(spec: ClusterSpec, args: argparse.Namespace) -> ClusterSnapshot:
+    from doctor.gather import client_for, gather_cluster
+
     api = client_for(str(spec.kubeconfig), spec.context)
     try:
         return gather_cluster(spec.name, api, spec.kubevirt_namespace or
@@ -59,6 +62,9 @@ def _gather(spec: ClusterSpec, args: argparse.Namespace) -> ClusterSnapshot:
 
 
 def main(args: argparse.Namespace) -> int:
+    from doctor.checks import run_checks
+    from doctor.gather import Unreachable
+
     try:
         specs = _specs(args.cluster)
     except ValueError as err:

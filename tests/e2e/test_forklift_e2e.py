@@ -30,8 +30,8 @@ from e2e_support import (
     vmim,
 )
 
+from dlm_guard.kube.config import load_api_client
 from dlm_guard.store import ObjectStore
-from webhook.cache import load_api_client
 from webhook.decision import Decision
 from webhook.engine import Context, random_suffix, validate
 from webhook.live import KubeVmiLookup, confirming_validate

@@ -17,8 +17,8 @@ from certs.generate import make_ca
 from controlplane.virt_operator_standin import pem_in_order
 from dlm_guard.domain import EXTERNAL_CA_CONFIGMAP, KUBEVIRT_CA_CONFIGMAP
 from dlm_guard.rotation import CaRotation, RotationProblem, Source
-from reconciler.gather import CaSnapshot, ConfigMapState
 from reconciler.readd import WARN_INTERVAL, CaHistory, Readd, flap_message, record_write
+from reconciler.snapshot import CaSnapshot, ConfigMapState
 from reconciler.trust import CaWrite, decide_trust
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from dlm_guard.domain import KIND_KUBEVIRT, KIND_VMI, KIND_VMIM, Role
+from dlm_guard.domain import KIND_KUBEVIRT, KIND_VM, KIND_VMI, KIND_VMIM, Role
 from dlm_guard.kube.api import Expired, Page, Selector
 from dlm_guard.kube.backoff import backoff_delay
 from dlm_guard.kube.cache import ClusterCache, Watched
@@ -27,7 +27,7 @@ from dlm_guard.kube.config import (
 )
 from dlm_guard.kube.informer import Informer
 from dlm_guard.kube.metrics import WatchHealthCollector
-from dlm_guard.kube.resources import KUBEVIRT, VMI, VMIM, Resource
+from dlm_guard.kube.resources import KUBEVIRT, VM, VMI, VMIM, Resource
 from dlm_guard.store import KindTable, ObjectStore
 from tests.waiting import eventually
 from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
@@ -281,12 +281,12 @@ def test_cache_ready_only_after_the_first_list_of_every_kind_and_never_stale_on_
     cache.start()
     try:
         eventually(lambda: all(cache.cache.informers[k].synced.is_set()
-                               for k in (KIND_VMIM, KIND_KUBEVIRT)))
+                               for k in (KIND_VMIM, KIND_VM, KIND_KUBEVIRT)))
         assert cache.not_ready_reason() == ("cluster cache waiting for the first list of "
                                             "VirtualMachineInstance")
         gate.set()
         eventually(lambda: cache.not_ready_reason() is None)
-        assert {c[1] for c in source.calls} == {KIND_VMI, KIND_VMIM, KIND_KUBEVIRT}
+        assert {c[1] for c in source.calls} == {KIND_VMI, KIND_VMIM, KIND_VM, KIND_KUBEVIRT}
     finally:
         assert cache.stop(timeout=5)
 
@@ -334,7 +334,8 @@ def test_stop_ends_every_thread_even_when_asked_before_start_finished() -> None:
 
 
 def test_webhook_watches_only_kinds_its_rules_read() -> None:
-    assert {w.resource for w in WEBHOOK_WATCHED} == {VMI, VMIM, KUBEVIRT}
+    # VMs: legacy-running reads the owner VM of a sendTo VMIM's VMI.
+    assert {w.resource for w in WEBHOOK_WATCHED} == {VMI, VMIM, VM, KUBEVIRT}
 
 
 def test_store_blobs_are_compact_json() -> None:
