@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +130,35 @@ class Evaluation:
 
 
 def rate(findings: list[Finding], policy: Policy) -> Evaluation:
-    rated = (RatedFinding(finding, policy.mode(finding.rule)) for finding in findings)
+    rated = (RatedFinding(finding, policy.mode(finding.rule)) for finding in capped(findings))
     return Evaluation(tuple(r for r in rated if r.mode is not Mode.OFF))
+
+
+# One review's answer stays small whatever the object holds (a VM may list 100,000 disks):
+# each rule reports its first MAX_FINDINGS_PER_RULE findings and then how many more there
+# are, and no path or message is longer than MAX_FINDING_CHARS. The answer is then bounded
+# by the number of rules, not by the object.
+MAX_FINDINGS_PER_RULE = 20
+MAX_FINDING_CHARS = 512
+
+
+def capped(findings: list[Finding]) -> list[Finding]:
+    """Findings with at most MAX_FINDINGS_PER_RULE per rule, then "and N more" for it."""
+    totals = Counter(finding.rule for finding in findings)
+    kept: list[Finding] = []
+    shown: Counter[str] = Counter()
+    for finding in findings:
+        shown[finding.rule] += 1
+        if shown[finding.rule] <= MAX_FINDINGS_PER_RULE:
+            kept.append(Finding(finding.rule, _clip(finding.path), _clip(finding.message)))
+        elif shown[finding.rule] == MAX_FINDINGS_PER_RULE + 1:
+            more = totals[finding.rule] - MAX_FINDINGS_PER_RULE
+            kept.append(Finding(finding.rule, "(more)", f"and {more} more like the above"))
+    return kept
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_FINDING_CHARS else text[: MAX_FINDING_CHARS - 3] + "..."
 
 
 # --- Validation -----------------------------------------------------------------------
