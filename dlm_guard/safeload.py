@@ -179,13 +179,13 @@ def _checked_events(text: str) -> Iterator[yaml.Event]:
     nodes, start = 0, 0
     for event in yaml.parse(text, Loader=yaml.CSafeLoader):
         if isinstance(event, yaml.DocumentStartEvent):
-            nodes, start = 0, event.start_mark.index
+            nodes, start = 0, _index(event.start_mark)
         elif isinstance(event, yaml.DocumentEndEvent):
-            if event.end_mark.index - start > MAX_DOCUMENT_BYTES:
-                raise LoadError(f"document at line {event.start_mark.line + 1} is larger than "
+            if _index(event.end_mark) - start > MAX_DOCUMENT_BYTES:
+                raise LoadError(f"document at line {_line(event.start_mark)} is larger than "
                                 f"the {MAX_DOCUMENT_BYTES} byte limit")
         elif isinstance(event, yaml.AliasEvent):
-            nodes += sizes.get(event.anchor, 1)
+            nodes += sizes.get(event.anchor or "", 1)
         elif isinstance(event, yaml.ScalarEvent):
             nodes += 1
             if event.anchor:
@@ -195,15 +195,23 @@ def _checked_events(text: str) -> Iterator[yaml.Event]:
             open_nodes.append((event.anchor, nodes))
             if len(open_nodes) > MAX_DEPTH:
                 raise LoadError(f"nested deeper than {MAX_DEPTH} levels (line "
-                                f"{event.start_mark.line + 1})")
+                                f"{_line(event.start_mark)})")
         elif isinstance(event, yaml.CollectionEndEvent):
             anchor, began = open_nodes.pop()
             if anchor:
                 sizes[anchor] = nodes - began + 1
         if nodes > MAX_NODES:
             raise LoadError(f"more than {MAX_NODES} nodes after expanding aliases (line "
-                            f"{event.start_mark.line + 1}): refused as an alias bomb")
+                            f"{_line(event.start_mark)}): refused as an alias bomb")
         yield event
+
+
+def _index(mark: Any) -> int:
+    return int(mark.index) if mark is not None else 0
+
+
+def _line(mark: Any) -> int:
+    return int(mark.line) + 1 if mark is not None else 0
 
 
 class _StrictLoader(yaml.CSafeLoader):

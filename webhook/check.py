@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -117,8 +118,12 @@ def read_inputs(arguments: Iterable[str], stdin: BinaryIO) -> Inputs:
         path = Path(argument)
         files = manifest_files(path, inputs.errors) if path.is_dir() else [path]
         for file in files:
-            _add(inputs, lambda file=file: parse_manifests(read_text(file), str(file)))
+            _add(inputs, partial(_read_file, file))
     return inputs
+
+
+def _read_file(file: Path) -> list[Document]:
+    return parse_manifests(read_text(file), str(file))
 
 
 def _add(inputs: Inputs, read: Callable[[], list[Document]]) -> None:
