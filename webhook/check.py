@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,7 +37,14 @@ from dlm_guard.safeload import (
     yaml_documents,
 )
 from webhook.decision import JsonPatch
-from webhook.engine import Context, Evaluation, evaluate, mutation_patch, random_suffix
+from webhook.engine import (
+    Context,
+    Evaluation,
+    evaluate,
+    mutation_patch,
+    parse_request,
+    random_suffix,
+)
 from webhook.policy import PolicyError, load_policy
 
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
@@ -187,12 +194,12 @@ def create_request(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_object(obj: Mapping[str, Any], document: Document, ctx: Context) -> CheckResult:
-    request = create_request(obj)
+    request = parse_request(create_request(obj))
     patch = mutation_patch(request, ctx)
     mutated = jsonpatch.apply_patch(obj, patch) if patch else obj
     return CheckResult(document=document, kind=kind_of(obj),
                        namespace=namespace_of(obj) or None, name=name_of(obj), patch=patch,
-                       evaluation=evaluate({**request, "object": mutated}, ctx))
+                       evaluation=evaluate(replace(request, object=mutated), ctx))
 
 
 def check_documents(documents: Iterable[Document], ctx: Context) -> tuple[list[CheckResult], int]:

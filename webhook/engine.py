@@ -61,7 +61,14 @@ class Request:
     old_object: Obj | None
 
 
+# The server's decoder builds the Request once (webhook.review); tests and `check` may pass
+# the request dict instead.
+RequestLike = Request | Mapping[str, Any]
+
+
 def parse_request(raw: Any) -> Request:
+    if isinstance(raw, Request):
+        return raw
     raw = raw if isinstance(raw, Mapping) else {}
     obj, old = _mapping(raw.get("object")), _mapping(raw.get("oldObject"))
     kind_info = _mapping(raw.get("kind"))
@@ -162,7 +169,7 @@ def _clip(text: str) -> str:
 
 
 # --- Validation -----------------------------------------------------------------------
-def evaluate(request: Mapping[str, Any], ctx: Context) -> Evaluation:
+def evaluate(request: RequestLike, ctx: Context) -> Evaluation:
     """The validating webhook's findings for a request, rated by the policy."""
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy):
@@ -203,12 +210,12 @@ def vm_findings(request: Request) -> list[Finding]:
     return findings
 
 
-def validate(request: Mapping[str, Any], ctx: Context) -> Decision:
+def validate(request: RequestLike, ctx: Context) -> Decision:
     return evaluate(request, ctx).decision()
 
 
 # --- Mutation -------------------------------------------------------------------------
-def mutation_patch(request: Mapping[str, Any], ctx: Context) -> JsonPatch:
+def mutation_patch(request: RequestLike, ctx: Context) -> JsonPatch:
     """The JSON patch the mutating webhook returns for a request ([] for none)."""
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy) or parsed.operation not in (CREATE, UPDATE):
@@ -221,6 +228,6 @@ def mutation_patch(request: Mapping[str, Any], ctx: Context) -> JsonPatch:
     return json_patch(obj, mutated)
 
 
-def mutate(request: Mapping[str, Any], ctx: Context) -> Decision:
+def mutate(request: RequestLike, ctx: Context) -> Decision:
     patch = mutation_patch(request, ctx)
     return Decision.patched(patch) if patch else Decision.allow()

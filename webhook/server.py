@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from aiohttp import hdrs, web
 
 from webhook import engine as admission
 from webhook.decision import Decision
-from webhook.engine import Context
+from webhook.engine import Context, Request
 from webhook.metrics import RESULT_DENIED, RESULT_ERROR, AdmissionMetrics, result_of
 from webhook.review import (
     MAX_BODY_BYTES,
@@ -38,7 +38,7 @@ from webhook.review import (
 
 log = logging.getLogger(__name__)
 
-EngineFn = Callable[[Mapping[str, Any], Context], Decision]
+EngineFn = Callable[[Request, Context], Decision]
 # A readiness check returns why the server is not ready, or None when it is.
 ReadyCheck = Callable[[], str | None]
 
@@ -81,27 +81,51 @@ class InFlight:
         return True
 
 
+class Draining:
+    """Set on SIGTERM: from then on every answer says `Connection: close`, so clients take
+    their next call to another replica instead of a connection about to close."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+@web.middleware
+async def _close_when_draining(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    if request.app[DRAINING].active:
+        response.force_close()
+    return response
+
+
 CONTEXT = web.AppKey("context", Context)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", AdmissionMetrics)
 READY_CHECKS = web.AppKey("ready_checks", list[ReadyCheck])
 MAX_BODY = web.AppKey("max_body", int)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+DRAINING = web.AppKey("draining", Draining)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+# The API server gives up on a webhook call after 10 s by default: a body still arriving
+# after half of that will not be answered in time anyway.
+DEFAULT_BODY_TIMEOUT = 5.0
 
 
 def create_app(ctx: Context, *, engine: Engine | None = None,
                metrics: AdmissionMetrics | None = None,
                ready_checks: Sequence[ReadyCheck] = (),
-               max_body: int = MAX_BODY_BYTES) -> web.Application:
+               max_body: int = MAX_BODY_BYTES,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> web.Application:
     # client_max_size only guards request.read()/post(), which we never call: the admission
     # handlers stream the body themselves with the same cap.
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=max_body, middlewares=[_close_when_draining])
     app[CONTEXT] = ctx
     app[ENGINE] = engine or Engine()
     app[METRICS] = metrics or AdmissionMetrics()
     app[READY_CHECKS] = list(ready_checks)
     app[MAX_BODY] = max_body
     app[IN_FLIGHT] = InFlight()
+    app[DRAINING] = Draining()
+    app[BODY_TIMEOUT] = body_timeout
     app.router.add_post("/mutate", _mutate)
     app.router.add_post("/validate", _validate)
     app.router.add_get("/healthz", _healthz)
@@ -124,7 +148,7 @@ async def _validate(request: web.Request) -> web.Response:
 async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.Response:
     metrics, started = request.app[METRICS], time.perf_counter()
     try:
-        body = await read_body(request, request.app[MAX_BODY])
+        body = await read_body(request, request.app[MAX_BODY], request.app[BODY_TIMEOUT])
         started = time.perf_counter()  # the histogram measures our work, not the upload
         review = decode_review(body)
     except ReviewError as err:
@@ -132,9 +156,10 @@ async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.R
         metrics.observe(endpoint, "", "", RESULT_ERROR, time.perf_counter() - started)
         log.info("rejected admission call: %s", err.reason,
                  extra={"endpoint": endpoint, "status": err.status})
-        # An unread rest of the body is read and discarded by aiohttp for up to its
-        # lingering_time, so the client still gets to read this answer.
-        return web.Response(status=err.status, text=err.reason + "\n")
+        response = web.Response(status=err.status, text=err.reason + "\n")
+        if err.status != 400:  # 413, 415, 408: part of the body may be unread; close
+            response.force_close()  # right after the answer (webhook.listener)
+        return response
     try:
         decision = decide(review.request, request.app[CONTEXT])
         payload = encode_answer(review, decision)
@@ -148,17 +173,22 @@ async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.R
     return web.Response(body=payload, content_type="application/json")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused (415/413) before or while reading, never buffered past limit."""
+async def read_body(request: web.Request, limit: int,
+                    timeout: float = DEFAULT_BODY_TIMEOUT) -> bytes:
+    """The request body, refused (415/413) before or while reading, never buffered past
+    limit, and 408 when it has not all arrived within `timeout` seconds."""
     declared = request.headers.get(hdrs.CONTENT_TYPE)
     check_content_type(request.content_type if declared else "")
     check_declared_length(request.content_length, limit)
     body = bytearray()
     try:
-        async for chunk in request.content.iter_any():
-            if len(body) + len(chunk) > limit:
-                raise ReviewError(413, f"body exceeds the {limit} byte limit")
-            body.extend(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                if len(body) + len(chunk) > limit:
+                    raise ReviewError(413, f"body exceeds the {limit} byte limit")
+                body.extend(chunk)
+    except TimeoutError:
+        raise ReviewError(408, f"body not received within {timeout:g} s") from None
     except ConnectionError:  # the client went away mid-body: a log line, not a traceback
         raise ReviewError(400, "connection closed before the whole body arrived") from None
     return bytes(body)
@@ -171,8 +201,7 @@ _NOT_JSON_ASCII = re.compile(rb"[\x7f-\xff]")
 
 def encode_answer(review: Review, decision: Decision) -> bytes:
     """The AdmissionReview answer, in the apiVersion/kind the request came in."""
-    answer = decision.review(review.uid)
-    answer["apiVersion"], answer["kind"] = review.api_version, review.kind
+    answer = decision.review(review.uid, review.api_version)
     try:
         encoded: bytes = orjson.dumps(answer)
     except orjson.JSONEncodeError:  # e.g. a lone surrogate echoed from the request
