@@ -82,9 +82,6 @@ class _RateLimited:
         return True
 
 
-_MALFORMED_LOG = _RateLimited()
-
-
 class Connection(RequestHandler):
     """aiohttp's connection handler, telling the listener when it is gone and logging
     malformed HTTP as one rate-limited line."""
@@ -112,8 +109,9 @@ class Connection(RequestHandler):
         if not isinstance(error, HttpProcessingError):
             super().log_exception(*args, **kwargs)
             return
-        if _MALFORMED_LOG.ready():
-            more, _MALFORMED_LOG.suppressed = _MALFORMED_LOG.suppressed, 0
+        limiter = self._listener.malformed_log
+        if limiter.ready():
+            more, limiter.suppressed = limiter.suppressed, 0
             peer = args[1] if len(args) > 1 else "?"
             log.warning("malformed HTTP request from %s: %s", peer,
                         " ".join(str(error.message).split())[:200],
@@ -138,6 +136,7 @@ class Listener:
         self._slot_free = asyncio.Event()
         self._gone = asyncio.Event()
         self._cap_log = _RateLimited()
+        self.malformed_log = _RateLimited()
 
     @property
     def port(self) -> int:

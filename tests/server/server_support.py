@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from aiohttp import web
+
+from certs.generate import PairPaths
+from certs.tls import ServingTLS
 from webhook.engine import Context
+from webhook.listener import Listener
 from webhook.policy import Policy
+from webhook.settings import Limits
 
 Obj = dict[str, Any]
 
@@ -83,3 +92,59 @@ async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
         await writer.wait_closed()
         return
     raise AssertionError("serve did not start listening")
+
+
+# --- In-process servers and raw HTTP/1.1 clients ----------------------------------------
+@asynccontextmanager
+async def listening(app: web.Application, pki: PairPaths,
+                    limits: Limits | None = None) -> AsyncIterator[Listener]:
+    """Serve `app` with serve's own listener over real TLS on 127.0.0.1, on a free port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listener = Listener(runner, ServingTLS(pki.tls_cert, pki.tls_key).context,
+                        limits or Limits())
+    listener.bind("127.0.0.1", 0)
+    listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop_accepting()
+        listener.close_all()
+        await runner.cleanup()
+
+
+
+async def open_tls(port: int, ca: ssl.SSLContext) -> tuple[asyncio.StreamReader,
+                                                        asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, ssl=ca, server_hostname="localhost")
+
+
+def post_head(length: int, path: str = "/validate", *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: localhost", "Content-Type: application/json",
+             f"Content-Length: {length}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers (lower-case), body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (EOF or reset)."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), within):
+            pass
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        return True
+    return True

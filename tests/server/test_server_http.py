@@ -23,7 +23,7 @@ from server_support import SOURCE_VMIM, TARGET_VM, TARGET_VMIM, Obj, offline_con
 from certs.generate import PairPaths
 from webhook.cache import ClusterCache, Resource
 from webhook.decision import Decision
-from webhook.engine import Context
+from webhook.engine import Context, Request
 from webhook.review import MAX_BODY_BYTES
 from webhook.server import Engine, create_app
 
@@ -167,7 +167,7 @@ async def test_huge_declared_length_is_refused_without_reading_the_body(
 
 
 # --- Failures -------------------------------------------------------------------------
-def _broken(_request: Mapping[str, Any], _ctx: Context) -> Decision:
+def _broken(_request: Request, _ctx: Context) -> Decision:
     raise KeyError("a rule bug")
 
 
