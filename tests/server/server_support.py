@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -148,3 +150,69 @@ async def closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
     except (ConnectionError, ssl.SSLError):
         return True
     return True
+
+
+class ServeProcess:
+    """`dlm-guard serve --dev --offline` in a child process, its stderr collected."""
+
+    def __init__(self, dev_dir: Any, port: int, *flags: str) -> None:
+        self.argv = [sys.executable, "-m", "dlm_guard", "serve", "--dev", "--dev-dir",
+                     str(dev_dir), "--offline", "--host", "127.0.0.1", "--port", str(port),
+                     "--cert-reload-interval", "0", *flags]
+        self.port = port
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._serving = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._signalled = False
+
+    async def start(self, timeout: float = 30) -> ServeProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        self._reader = asyncio.ensure_future(self._collect())
+        waiter = asyncio.ensure_future(self._serving.wait())
+        done, _ = await asyncio.wait([waiter, self._reader], timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            raise AssertionError("serve did not start:\n" + "\n".join(self.lines))
+        return self
+
+    async def _collect(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if "serving https://" in line:
+                self._serving.set()
+
+    async def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit code (killed and failed when it takes longer)."""
+        self.terminate()
+        assert self.process is not None
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError("serve did not stop after SIGTERM") from None
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    def terminate(self) -> None:
+        """SIGTERM once (a second one kills serve the default way)."""
+        assert self.process is not None
+        if self.process.returncode is None and not self._signalled:
+            self._signalled = True
+            self.process.send_signal(signal.SIGTERM)
+
+    async def kill(self) -> None:
+        """Kill it if it still runs, and reap it (and its pipe)."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+        if self._reader is not None:
+            await self._reader
