@@ -79,7 +79,7 @@ def _patch_readall() -> None:
 
     from webhook import review, server
 
-    async def read_body(request: web.Request, limit: int, _timeout: float = 5.0) -> bytes:
+    async def read_body(request: web.Request, limit: int, timeout: float = 5.0) -> bytes:
         declared = request.headers.get(hdrs.CONTENT_TYPE)
         review.check_content_type(request.content_type if declared else "")
         review.check_declared_length(request.content_length, limit)
