@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_support import RESTORE, TARGET_VM, Guarded, new_namespace, without_restore_annotation
@@ -47,7 +48,7 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def create_vm(cluster: Cluster, namespace: str, name: str) -> tuple[int, dict[str, object]]:
+def create_vm(cluster: Cluster, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
     vm = without_restore_annotation(copy.deepcopy(TARGET_VM))
     vm["metadata"] = {"name": name, "namespace": namespace}
     request = urllib.request.Request(
@@ -76,7 +77,7 @@ def keep_creating(cluster: Cluster, namespace: str, worker: int, load: Load,
                 load.failures.append(f"{name}: HTTP {status}: {body.get('message')}")
                 continue
             load.created += 1
-            annotations = body.get("metadata", {}).get("annotations") or {}  # type: ignore[union-attr]
+            annotations = body.get("metadata", {}).get("annotations") or {}
             if RESTORE not in annotations:
                 load.unmutated.append(name)
 
