@@ -55,33 +55,22 @@ class Engine:
 
 
 class InFlight:
-    """Counts admission calls being read or answered, so shutdown can wait for them.
+    """Counts admission calls being read or answered (logged at shutdown).
 
     aiohttp's own graceful shutdown stops reading from every connection first, so a call
     whose body is still arriving would hang until the timeout and get no answer
-    (aio-libs/aiohttp#2298): `webhook.serve` waits here before handing over to it.
+    (aio-libs/aiohttp#2298): `webhook.serve` therefore drains connections through its own
+    listener (webhook.listener) before handing over to it.
     """
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def __enter__(self) -> None:
         self.count += 1
-        self._idle.clear()
 
     def __exit__(self, *_exc: object) -> None:
         self.count -= 1
-        if not self.count:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
 
 class Draining:
