@@ -90,6 +90,12 @@ class Connection(RequestHandler):
         super().__init__(manager, loop=asyncio.get_running_loop(), **kwargs)
         self._listener = listener
         self._last_activity = time.monotonic()
+        self.started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.started = True  # the TLS handshake is done; from here connection_lost follows
+        super().connection_made(transport)
+        self._listener.connected(self)
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
@@ -193,21 +199,25 @@ class Listener:
         task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket) -> None:
+        made: list[Connection] = []
+
+        def connection() -> Connection:
+            made.append(Connection(self, self._server, keepalive_timeout=self._limits.idle_timeout,
+                                   lingering_time=0, access_log=None))
+            return made[-1]
+
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                self._connection, conn, ssl=self._ssl,
+                connection, conn, ssl=self._ssl,
                 ssl_handshake_timeout=self._limits.handshake_timeout)
         except Exception as err:  # a failed or slow handshake is the client's problem
             log.debug("TLS handshake failed: %s", err)
             conn.close()
-            self._release_slot()
+            if not any(c.started for c in made):  # else connection_lost releases the slot
+                self._release_slot()
 
-    def _connection(self) -> Connection:
-        connection = Connection(
-            self, self._server, keepalive_timeout=self._limits.idle_timeout,
-            lingering_time=0, access_log=None)
+    def connected(self, connection: Connection) -> None:
         self._connections.add(connection)
-        return connection
 
     def released(self, connection: Connection) -> None:
         if connection in self._connections:

@@ -23,6 +23,7 @@ from aiohttp import web
 from certs.generate import CertError, generate_pair
 from certs.tls import ServingTLS, TLSLoadError, add_sighup_reload, register_expiry_gauge, reload_ctx
 from dlm_guard.logs import setup_logging
+from dlm_guard.memory import fix_mmap_threshold
 from webhook.engine import Context, random_suffix
 from webhook.listener import Listener, connection_cap, raise_fd_limit
 from webhook.metrics import AdmissionMetrics
@@ -58,6 +59,7 @@ class TLSFiles:
 
 def run(settings: ServeSettings) -> int:
     setup_logging(settings.log_format, settings.log_level)
+    fix_mmap_threshold()  # big bodies' buffers go back to the OS when freed
     try:
         app = build(settings)
     except StartupError as err:

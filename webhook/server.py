@@ -12,8 +12,6 @@ loop; an executor hop would cost more than the call.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import logging
 import re
@@ -26,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import hdrs, web
 
+from dlm_guard.memory import return_freed_memory
 from webhook import engine as admission
 from webhook.decision import Decision
 from webhook.engine import Context, Request
@@ -197,26 +196,6 @@ def _then_trim(work: Callable[..., _T], *args: Any) -> _T:
         return work(*args)
     finally:
         return_freed_memory()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to do
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def return_freed_memory() -> None:
-    """Hand memory freed after a heavy review back to the OS. glibc keeps freed blocks in
-    its arenas (the worker thread has its own), so without this the RSS stays at the
-    high-water mark of the biggest reviews seen; trimming costs well under a millisecond,
-    next to the tens of milliseconds a heavy review takes."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 async def read_body(request: web.Request, limit: int,

@@ -157,6 +157,24 @@ async def test_the_connection_cap_holds_new_clients_in_the_backlog(
     assert len(cap_lines) == 1 and cap_lines[0].levelno == logging.WARNING
 
 
+async def test_failed_handshakes_give_their_slot_back(pki: PairPaths,
+                                                     client_ssl: ssl.SSLContext) -> None:
+    limits = Limits(max_connections=3, handshake_timeout=5, idle_timeout=5)
+    body = json.dumps(review(SOURCE_VMIM)).encode()
+    async with listening(create_app(offline_context()), pki, limits) as server:
+        for _ in range(10):  # plain HTTP on the TLS port: each handshake fails
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await closed_by_peer(reader, 10)
+            writer.close()
+        status, _, _ = await call(server.port, client_ssl, "/validate", body)
+        deadline = time.monotonic() + 10
+        while server.open_connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert server.open_connections == 0
+    assert status == 200
+
+
 # --- Bounded answers ------------------------------------------------------------------
 async def test_a_3_mib_vm_gets_a_bounded_denial(pki: PairPaths,
                                                 client_ssl: ssl.SSLContext) -> None:
