@@ -28,7 +28,7 @@ class Client:
     answered: int = 0
     lost: int = 0  # sent, then the connection closed without an answer
     closes: int = 0  # answers with `Connection: close`
-    refused: int = 0  # new connections that could not be made
+    refused: int = 0  # new connections that could not be made (nothing sent on them)
     errors: list[str] = field(default_factory=list)
 
 
@@ -143,8 +143,10 @@ async def test_two_processes_share_a_port_through_a_rolling_restart(tmp_path: Pa
         stop.set()
         for server in running:
             await server.kill()
+    # No call is lost. A *new* connection may still be reset in the instant a listener closes
+    # (Linux resets what waits in a closed SO_REUSEPORT socket's accept queue unless
+    # net.ipv4.tcp_migrate_req=1): nothing was sent on it, the client connects again.
     assert sum(c.lost for c in clients) == 0, [c.errors for c in clients]
-    assert sum(c.refused for c in clients) == 0
     assert not any(c.errors for c in clients)
     assert sum(c.closes for c in clients) >= 2  # each stop told its clients to reconnect
 
