@@ -101,6 +101,13 @@ class Connection(RequestHandler):
         self._last_activity = time.monotonic()
         super().data_received(data)
 
+    async def finish_response(self, request: Any, resp: Any,
+                              start_time: float | None) -> tuple[Any, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:  # idle time counts from the answer, not from the request
+            self._last_activity = time.monotonic()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self._listener.released(self)
