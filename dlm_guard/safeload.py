@@ -9,7 +9,7 @@ exhausted machine:
 - YAML documents are scanned as an event stream first (libyaml's parser is iterative, its
   composer is not), so depth and alias expansion are measured before anything is built: an
   alias bomb ("billion laughs") is refused by its expanded size, like Kubernetes' YAML decoding
-  refuses excessive aliasing (gopkg.in/yaml.v3 decode.go, allowedAliasRatio);
+  refuses excessive aliasing (gopkg.in/yaml.v2 v2.4.0 and yaml.v3, decode.go allowedAliasRatio);
 - duplicate mapping keys are refused, naming the key and both lines (kubectl does the same
   through sigs.k8s.io/yaml's strict mode); silent last-wins hides typos;
 - integers too long for Python's int conversion (over 4,300 digits) are a reason, not a crash.
