@@ -79,7 +79,7 @@ def _patch_readall() -> None:
 
     from webhook import review, server
 
-    async def read_body(request: web.Request, limit: int) -> bytes:
+    async def read_body(request: web.Request, limit: int, timeout: float = 5.0) -> bytes:
         declared = request.headers.get(hdrs.CONTENT_TYPE)
         review.check_content_type(request.content_type if declared else "")
         review.check_declared_length(request.content_length, limit)
@@ -96,11 +96,13 @@ def _patch_gctune() -> None:
     # containers (the decoded AdmissionReview), which triggers gen-0 passes constantly.
     import gc
 
+    from aiohttp import web
+
     from webhook import serve
     build = serve.build
 
-    def build_then_freeze(args: Any) -> Any:
-        app = build(args)
+    def build_then_freeze(settings: serve.ServeSettings) -> web.Application:
+        app = build(settings)
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from certs import generate
 from certs.bundle import is_ca, is_valid_at, parse_bundle, to_pem
 from certs.report import inspect_pem
+from dlm_guard import flags
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -44,9 +45,11 @@ def _add_generate(commands: Any) -> None:
     parser.add_argument("--service", metavar="NAME",
                         help="webhook Service: adds NAME.NS.svc and NAME.NS.svc.cluster.local")
     parser.add_argument("--namespace", metavar="NS", help="namespace of --service")
-    parser.add_argument("--ca-days", type=int, default=generate.DEFAULT_CA_DAYS,
+    parser.add_argument("--ca-days", type=flags.int_range(1, 36500),
+                        default=generate.DEFAULT_CA_DAYS,
                         help="CA lifetime when a CA is created (default %(default)s)")
-    parser.add_argument("--days", type=int, default=generate.DEFAULT_LEAF_DAYS,
+    parser.add_argument("--days", type=flags.int_range(1, 36500),
+                        default=generate.DEFAULT_LEAF_DAYS,
                         help="serving certificate lifetime (default %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="create a new CA and serving certificate even if usable ones exist")

@@ -7,7 +7,9 @@ reviewed: they are only counted in the summary on stderr. An object without a na
 shown with namespace "-" (JSON: null) and is never in an exempt namespace.
 
 Exit codes: 0 nothing denied, 1 something denied, 2 unreadable input or a bad policy file.
-Unreadable inputs are all reported, and what could be read is still checked.
+Unreadable inputs are all reported, one line each naming the file, and what could be read is
+still checked. Inputs are read within the limits of dlm_guard.safeload: regular files only,
+16 MiB a file, 3 MiB a document, 100 levels of nesting, 1 M nodes after alias expansion.
 """
 
 from __future__ import annotations
@@ -16,17 +18,33 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import jsonpatch
-import yaml
 
 from dlm_guard.domain import KUBEVIRT_GROUP, kind_of, name_of, namespace_of
+from dlm_guard.safeload import (
+    MAX_FILE_BYTES,
+    LoadError,
+    json_document,
+    read_capped,
+    read_regular_file,
+    utf8_text,
+    yaml_documents,
+)
 from webhook.decision import JsonPatch
-from webhook.engine import Context, Evaluation, evaluate, mutation_patch, random_suffix
+from webhook.engine import (
+    Context,
+    Evaluation,
+    evaluate,
+    mutation_patch,
+    parse_request,
+    random_suffix,
+)
 from webhook.policy import PolicyError, load_policy
 
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
@@ -46,10 +64,26 @@ class Document:
     obj: Any
 
 
-def manifest_files(root: Path) -> list[Path]:
-    """Every *.yaml, *.yml and *.json under a directory, sorted; hidden entries skipped."""
+@dataclass(slots=True)
+class Inputs:
+    """What the paths on the command line held: documents, and one line per unusable input."""
+
+    documents: list[Document] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def manifest_files(root: Path, errors: list[str]) -> list[Path]:
+    """Every *.yaml, *.yml and *.json under a directory, sorted; hidden entries skipped.
+
+    A directory that cannot be listed is reported in `errors` and the walk goes on.
+    Symlinked directories are not followed (no loops); symlinked files are, when read.
+    """
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
+
+    def unreadable(err: OSError) -> None:
+        errors.append(f"{err.filename}: cannot read: {err.strerror or err}")
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(folder, f) for f in files
                      if f.endswith(MANIFEST_SUFFIXES) and not f.startswith("."))
@@ -57,36 +91,53 @@ def manifest_files(root: Path) -> list[Path]:
 
 
 def parse_manifests(text: str, file: str) -> list[Document]:
-    """Documents of a JSON file (by suffix) or a multi-document YAML stream."""
+    """Documents of a JSON file (by suffix) or a multi-document YAML stream, within the
+    limits of dlm_guard.safeload (size, depth, aliases, duplicate keys)."""
     try:
         if file.endswith(".json"):
-            return [Document(file, 1, json.loads(text))]
-        return [Document(file, i, obj) for i, obj in enumerate(yaml.safe_load_all(text), 1)]
-    except json.JSONDecodeError as err:
-        raise InputError(f"{file}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{file}: invalid YAML{where}: {err.problem or err}") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{file}: invalid YAML: {err}") from None
+            return [Document(file, 1, json_document(text))]
+        return [Document(file, i, obj) for i, obj in enumerate(yaml_documents(text), 1)]
+    except LoadError as err:
+        raise InputError(f"{file}: {err}") from None
 
 
 def read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
+        return utf8_text(read_regular_file(path, MAX_FILE_BYTES))
+    except LoadError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
-def read_documents(argument: str, stdin: TextIO) -> list[Document]:
-    if argument == STDIN:
-        return parse_manifests(stdin.read(), "<stdin>")
-    path = Path(argument)
-    files = manifest_files(path) if path.is_dir() else [path]
-    return [doc for file in files for doc in parse_manifests(read_text(file), str(file))]
+def read_stdin(stdin: BinaryIO) -> str:
+    try:
+        return utf8_text(read_capped(stdin, MAX_FILE_BYTES))
+    except LoadError as err:
+        raise InputError(f"<stdin>: {err}") from None
+
+
+def read_inputs(arguments: Iterable[str], stdin: BinaryIO) -> Inputs:
+    """Every document of every argument; an unusable file is reported and skipped."""
+    inputs = Inputs()
+    for argument in arguments:
+        if argument == STDIN:
+            _add(inputs, lambda: parse_manifests(read_stdin(stdin), "<stdin>"))
+            continue
+        path = Path(argument)
+        files = manifest_files(path, inputs.errors) if path.is_dir() else [path]
+        for file in files:
+            _add(inputs, partial(_read_file, file))
+    return inputs
+
+
+def _read_file(file: Path) -> list[Document]:
+    return parse_manifests(read_text(file), str(file))
+
+
+def _add(inputs: Inputs, read: Callable[[], list[Document]]) -> None:
+    try:
+        inputs.documents.extend(read())
+    except InputError as err:
+        inputs.errors.append(str(err))
 
 
 def objects_of(document: Document) -> Iterator[Mapping[str, Any]]:
@@ -143,12 +194,12 @@ def create_request(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_object(obj: Mapping[str, Any], document: Document, ctx: Context) -> CheckResult:
-    request = create_request(obj)
+    request = parse_request(create_request(obj))
     patch = mutation_patch(request, ctx)
     mutated = jsonpatch.apply_patch(obj, patch) if patch else obj
     return CheckResult(document=document, kind=kind_of(obj),
                        namespace=namespace_of(obj) or None, name=name_of(obj), patch=patch,
-                       evaluation=evaluate({**request, "object": mutated}, ctx))
+                       evaluation=evaluate(replace(request, object=mutated), ctx))
 
 
 def check_documents(documents: Iterable[Document], ctx: Context) -> tuple[list[CheckResult], int]:
@@ -207,19 +258,15 @@ def run_check(args: argparse.Namespace) -> int:
     except PolicyError as err:
         print(f"dlm-guard check: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    documents, errors = [], 0
-    for argument in args.paths:
-        try:
-            documents.extend(read_documents(argument, sys.stdin))
-        except InputError as err:
-            print(f"dlm-guard check: {err}", file=sys.stderr)
-            errors += 1
+    inputs = read_inputs(args.paths, sys.stdin.buffer)
+    for error in inputs.errors:
+        print(f"dlm-guard check: {error}", file=sys.stderr)
     ctx = Context(policy=policy, cluster=None, new_id=random_suffix)
-    results, skipped = check_documents(documents, ctx)
+    results, skipped = check_documents(inputs.documents, ctx)
     sys.stdout.write(format_json(results) if args.output == "json" else format_text(results))
     print(f"dlm-guard check: {len(results)} KubeVirt object(s) checked, {skipped} other "
           "object(s) skipped; rules needing cluster state not run", file=sys.stderr)
-    return exit_code(results, errors)
+    return exit_code(results, len(inputs.errors))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

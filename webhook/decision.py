@@ -51,7 +51,8 @@ class Decision:
             response["warnings"] = list(self.warnings)
         return response
 
-    def review(self, uid: str) -> dict[str, Any]:
-        """A complete AdmissionReview answering the request with this uid."""
-        return {"apiVersion": ADMISSION_API_VERSION, "kind": ADMISSION_KIND,
+    def review(self, uid: str, api_version: str = ADMISSION_API_VERSION) -> dict[str, Any]:
+        """The complete AdmissionReview answer: the one place uid, apiVersion and kind are
+        filled in (the API server wants its request's apiVersion back)."""
+        return {"apiVersion": api_version, "kind": ADMISSION_KIND,
                 "response": self.response(uid)}

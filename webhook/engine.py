@@ -13,6 +13,7 @@ would report a VMI as missing names it in `vmi_to_confirm`, and the async shell
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -77,7 +78,14 @@ class Request:
     old_object: Obj | None
 
 
+# The server's decoder builds the Request once (webhook.review); tests and `check` may pass
+# the request dict instead.
+RequestLike = Request | Mapping[str, Any]
+
+
 def parse_request(raw: Any) -> Request:
+    if isinstance(raw, Request):
+        return raw
     raw = raw if isinstance(raw, Mapping) else {}
     obj, old = _mapping(raw.get("object")), _mapping(raw.get("oldObject"))
     kind_info = _mapping(raw.get("kind"))
@@ -157,7 +165,7 @@ class Evaluation:
 
 
 def rate(findings: list[Finding], policy: Policy) -> Evaluation:
-    rated = (RatedFinding(finding, mode_for(finding, policy)) for finding in findings)
+    rated = (RatedFinding(finding, mode_for(finding, policy)) for finding in capped(findings))
     return Evaluation(tuple(r for r in rated if r.mode is not Mode.OFF))
 
 
@@ -167,6 +175,35 @@ def mode_for(finding: Finding, policy: Policy) -> Mode:
     if finding.severity is Severity.ADVISORY and mode is Mode.ENFORCE:
         return Mode.WARN
     return mode
+
+
+# One review's answer stays small whatever the object holds (a VM may list 100,000 disks):
+# each rule reports its first MAX_FINDINGS_PER_RULE findings and then how many more there
+# are, and no path or message is longer than MAX_FINDING_CHARS. The answer is then bounded
+# by the number of rules, not by the object.
+MAX_FINDINGS_PER_RULE = 20
+MAX_FINDING_CHARS = 512
+
+
+def capped(findings: list[Finding]) -> list[Finding]:
+    """Findings with at most MAX_FINDINGS_PER_RULE per rule, then "and N more" for it."""
+    totals = Counter(finding.rule for finding in findings)
+    kept: list[Finding] = []
+    shown: Counter[str] = Counter()
+    for finding in findings:
+        shown[finding.rule] += 1
+        if shown[finding.rule] <= MAX_FINDINGS_PER_RULE:
+            kept.append(Finding(finding.rule, _clip(finding.path), _clip(finding.message),
+                                finding.severity))
+        elif shown[finding.rule] == MAX_FINDINGS_PER_RULE + 1:
+            more = totals[finding.rule] - MAX_FINDINGS_PER_RULE
+            kept.append(Finding(finding.rule, "(more)", f"and {more} more like the above",
+                                finding.severity))
+    return kept
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_FINDING_CHARS else text[: MAX_FINDING_CHARS - 3] + "..."
 
 
 # --- Validation -----------------------------------------------------------------------
@@ -205,8 +242,7 @@ class WithVmi:
         return self._cluster.kubevirt()
 
 
-def evaluate(request: Mapping[str, Any], ctx: Context, live: LiveVmi | None = None
-             ) -> Evaluation:
+def evaluate(request: RequestLike, ctx: Context, live: LiveVmi | None = None) -> Evaluation:
     """The validating webhook's findings for a request, rated by the policy.
 
     `live`: the answer of the live GET for `vmi_to_confirm` of an earlier evaluation.
@@ -295,12 +331,12 @@ def vm_findings(request: Request) -> list[Finding]:
     return findings
 
 
-def validate(request: Mapping[str, Any], ctx: Context) -> Decision:
+def validate(request: RequestLike, ctx: Context) -> Decision:
     return evaluate(request, ctx).decision()
 
 
 # --- Mutation -------------------------------------------------------------------------
-def mutation_patch(request: Mapping[str, Any], ctx: Context) -> JsonPatch:
+def mutation_patch(request: RequestLike, ctx: Context) -> JsonPatch:
     """The JSON patch the mutating webhook returns for a request ([] for none)."""
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy) or parsed.operation not in (CREATE, UPDATE):
@@ -313,6 +349,6 @@ def mutation_patch(request: Mapping[str, Any], ctx: Context) -> JsonPatch:
     return json_patch(obj, mutated)
 
 
-def mutate(request: Mapping[str, Any], ctx: Context) -> Decision:
+def mutate(request: RequestLike, ctx: Context) -> Decision:
     patch = mutation_patch(request, ctx)
     return Decision.patched(patch) if patch else Decision.allow()

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 from dlm_guard.domain import KUBEVIRT_GROUP, Obj
 from webhook import engine
 from webhook.decision import Decision
-from webhook.engine import Context, LiveVmi, VmiKey
+from webhook.engine import Context, LiveVmi, RequestLike, VmiKey
 
 log = logging.getLogger(__name__)
 
 LIVE_GET_TIMEOUT_SECONDS = 2.0
 VMI_PLURAL = "virtualmachineinstances"
-ValidateFn = Callable[[Mapping[str, Any], Context], Decision | Awaitable[Decision]]
+ValidateFn = Callable[[RequestLike, Context], Decision | Awaitable[Decision]]
 
 
 class VmiLookup(Protocol):
@@ -93,13 +93,13 @@ def confirming_validate(lookup: VmiLookup,
     Returns the Decision directly when there is nothing to confirm (the common case stays
     synchronous), else an awaitable of it.
     """
-    def validate(request: Mapping[str, Any], ctx: Context) -> Decision | Awaitable[Decision]:
+    def validate(request: RequestLike, ctx: Context) -> Decision | Awaitable[Decision]:
         evaluation = engine.evaluate(request, ctx)
         if evaluation.vmi_to_confirm is None:
             return evaluation.decision()
         return _confirmed(request, ctx, evaluation.vmi_to_confirm)
 
-    async def _confirmed(request: Mapping[str, Any], ctx: Context, key: VmiKey) -> Decision:
+    async def _confirmed(request: RequestLike, ctx: Context, key: VmiKey) -> Decision:
         live = await look_up(lookup, key, timeout)
         return engine.evaluate(request, ctx, live).decision()
 

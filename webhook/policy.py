@@ -6,10 +6,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dlm_guard.domain import RESTORABLE_RUN_STRATEGIES, Rule
+from dlm_guard.safeload import LoadError, read_regular_file, utf8_text, yaml_documents
+
+# A policy is a few lines; anything near this size is not one.
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 class Mode(StrEnum):
@@ -44,8 +47,10 @@ class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the offending key."""
 
 
+# Keys are spelled only as documented (camelCase): `exempt_namespaces` beside
+# `exemptNamespaces` would be a second spelling nobody documents, so it is an unknown key.
 class Defaults(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     restore_run_strategy: str = Field(default="Always", alias="restoreRunStrategy")
 
     @field_validator("restore_run_strategy")
@@ -57,10 +62,28 @@ class Defaults(BaseModel):
 
 
 class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    rules: dict[Rule, Mode] = Field(default_factory=dict)  # an unknown slug fails validation
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rules: dict[Rule, Mode] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
     exempt_namespaces: frozenset[str] = Field(default=frozenset(), alias="exemptNamespaces")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, rules: Any) -> Any:
+        """YAML 1.1 reads an unquoted `off` (and `no`, `false`) as false: that is `off`.
+
+        `true` has no such reading (`on` is not a mode), so it gets a reason to quote.
+        """
+        if not isinstance(rules, dict):
+            return rules
+        unknown = sorted(str(slug) for slug in set(rules) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown rule slug(s) {', '.join(unknown)}")
+        for slug, mode in rules.items():
+            if mode is True:
+                raise ValueError(f"{slug}: true is a YAML boolean, not a mode: write "
+                                 "enforce, warn or off")
+        return {slug: Mode.OFF if mode is False else mode for slug, mode in rules.items()}
 
     def mode(self, slug: Rule) -> Mode:
         return self.rules.get(slug, RULES[slug][0])
@@ -80,10 +103,13 @@ def load_policy(path: str | Path | None) -> Policy:
     if path is None:
         return Policy()
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
+        documents = yaml_documents(utf8_text(read_regular_file(path, MAX_POLICY_BYTES)))
+    except LoadError as err:
         raise PolicyError(f"{path}: cannot read policy: {err}") from None
-    return parse_policy(data, str(path))
+    if len(documents) > 1:
+        raise PolicyError(f"{path}: cannot read policy: {len(documents)} YAML documents, "
+                          "expected one")
+    return parse_policy(documents[0] if documents else None, str(path))
 
 
 def _describe(err: ValidationError, source: str) -> str:

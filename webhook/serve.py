@@ -6,7 +6,6 @@ fails here, before binding the port, with exit code 2 and a message naming the p
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -14,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +23,14 @@ from aiohttp import web
 from certs.generate import CertError, generate_pair
 from certs.tls import ServingTLS, TLSLoadError, add_sighup_reload, register_expiry_gauge, reload_ctx
 from dlm_guard.logs import setup_logging
+from dlm_guard.memory import fix_mmap_threshold
 from webhook.engine import Context, random_suffix
+from webhook.listener import Listener, connection_cap, raise_fd_limit
 from webhook.live import VmiLookup, confirming_validate
 from webhook.metrics import AdmissionMetrics
 from webhook.policy import CLUSTER_RULES, Policy, PolicyError, load_policy
-from webhook.server import CONTEXT, IN_FLIGHT, Engine, ReadyCheck, create_app
+from webhook.server import CONTEXT, DRAINING, IN_FLIGHT, Engine, ReadyCheck, create_app
+from webhook.settings import Limits, ServeSettings
 
 if TYPE_CHECKING:  # webhook.cache pulls in the kubernetes client: imported on use only
     from webhook.cache import WebhookCluster
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SERVING_TLS = web.AppKey("serving_tls", ServingTLS)
 # The API server gives up on a webhook call after 10 s by default (30 s at most) and the
-# kubelet kills a pod 30 s after SIGTERM by default: draining calls in flight for up to 20 s
+# kubelet kills a pod 30 s after SIGTERM by default: draining connections for up to 20 s
 # covers every call still worth answering, and aiohttp's own shutdown after the drain (which
 # only has stragglers left) gets 5 s, so the process is gone before the kubelet's SIGKILL.
 SHUTDOWN_TIMEOUT = 20.0
@@ -56,18 +58,19 @@ class TLSFiles:
     ca: Path | None = None  # known only for --dev
 
 
-def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_format, args.log_level)
+def run(settings: ServeSettings) -> int:
+    setup_logging(settings.log_format, settings.log_level)
+    fix_mmap_threshold()  # big bodies' buffers go back to the OS when freed
     try:
-        app = build(args)
+        app = build(settings)
     except StartupError as err:
         print(f"dlm-guard serve: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve_until_signalled(app, args.host, args.port))
+            runner.run(serve_until_signalled(app, settings))
     except OSError as err:  # e.g. the port is taken
-        log.error("cannot serve on %s:%d: %s", args.host, args.port, err)
+        log.error("cannot serve on %s:%d: %s", settings.host, settings.port, err)
         return 1
     log.info("stopped")
     return 0
@@ -83,24 +86,48 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def serve_until_signalled(app: web.Application, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, let calls in flight finish (up to
-    SHUTDOWN_TIMEOUT) and clean up. A second signal kills the process the default way."""
+def limits_for_this_process(limits: Limits) -> Limits:
+    """The connection cap lowered, if need be, to leave file descriptors for the rest."""
+    fd_limit = raise_fd_limit()
+    cap = connection_cap(limits.max_connections, fd_limit)
+    if cap < limits.max_connections:
+        log.warning("--max-connections lowered to %d to fit the file descriptor limit of %d",
+                    cap, fd_limit)
+    return replace(limits, max_connections=cap)
+
+
+async def serve_until_signalled(app: web.Application, settings: ServeSettings) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (see `drain`) and clean up. A second signal
+    kills the process the default way."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=app[SERVING_TLS].context)
-        await site.start()
-        log.info("serving https://%s:%d", host, port,
-                 extra={"offline": app[CONTEXT].cluster is None})
+        listener = Listener(runner, app[SERVING_TLS].context,
+                            limits_for_this_process(settings.limits),
+                            reuse_port=settings.reuse_port)
+        listener.bind(settings.host, settings.port)
+        listener.start()
+        log.info("serving https://%s:%d", settings.host, listener.port,
+                 extra={"offline": app[CONTEXT].cluster is None,
+                        "reuse_port": settings.reuse_port})
         received = await _first_signal(signal.SIGTERM, signal.SIGINT)
-        log.info("%s: no new connections, finishing calls in flight", received.name,
-                 extra={"in_flight": app[IN_FLIGHT].count})
-        await site.stop()
-        if not await app[IN_FLIGHT].wait_idle(SHUTDOWN_TIMEOUT):
-            log.warning("calls still in flight after %gs, closing", SHUTDOWN_TIMEOUT)
+        log.info("%s: draining", received.name, extra={"in_flight": app[IN_FLIGHT].count,
+                                                        "connections": listener.open_connections})
+        await drain(app, listener)
     finally:
         await runner.cleanup()
+
+
+async def drain(app: web.Application, listener: Listener) -> None:
+    """Stop accepting (after taking what waits in the backlog); answer everything still
+    arriving with `Connection: close`; close keep-alive connections once idle; wait up to
+    SHUTDOWN_TIMEOUT for the rest to finish, then close what is left."""
+    app[DRAINING].active = True
+    await listener.stop_accepting()
+    if not await listener.drain(SHUTDOWN_TIMEOUT):
+        log.warning("connections still open after %gs, closing", SHUTDOWN_TIMEOUT,
+                    extra={"connections": listener.open_connections})
+        listener.close_all()
 
 
 async def _first_signal(*signals: signal.Signals) -> signal.Signals:
@@ -120,13 +147,13 @@ async def _first_signal(*signals: signal.Signals) -> signal.Signals:
             loop.remove_signal_handler(sig)
 
 
-def build(args: argparse.Namespace) -> web.Application:
+def build(settings: ServeSettings) -> web.Application:
     """The configured app; StartupError for anything the operator has to fix."""
-    policy = _load_policy(args.config)
-    files = _tls_files(args)
+    policy = _load_policy(settings.policy_file)
+    files = _tls_files(settings)
     tls = _serving_tls(files)
-    cache, lookup = (None, None) if args.offline else _cluster_cache(args.kubeconfig,
-                                                                     args.stale_after)
+    cache, lookup = (None, None) if settings.offline else _cluster_cache(settings.kubeconfig,
+                                                                         settings.stale_after)
     metrics = AdmissionMetrics()
     register_expiry_gauge(metrics.registry, tls)
     checks: list[ReadyCheck] = [_cert_check(tls)]
@@ -135,36 +162,37 @@ def build(args: argparse.Namespace) -> web.Application:
         _register_watch_health(metrics, cache)
     ctx = Context(policy=policy, cluster=cache, new_id=random_suffix)
     engine = Engine() if lookup is None else Engine(validate=confirming_validate(lookup))
-    app = create_app(ctx, engine=engine, metrics=metrics, ready_checks=checks)
+    app = create_app(ctx, engine=engine, metrics=metrics, ready_checks=checks,
+                     body_timeout=settings.body_timeout)
     app[SERVING_TLS] = tls
-    app.cleanup_ctx.append(_reload_ctx(tls, args.cert_reload_interval))
+    app.cleanup_ctx.append(_reload_ctx(tls, settings.cert_reload_interval))
     if cache is None:
         log.warning("offline: no cluster state, rules skipped: %s",
                     ", ".join(sorted(CLUSTER_RULES)))
     else:
         app.cleanup_ctx.append(_cache_ctx(cache))
     if files.ca is not None:
-        _print_dev_help(files.ca, args.port)
+        _print_dev_help(files.ca, settings.port)
     return app
 
 
 # --- Settings -------------------------------------------------------------------------
-def _load_policy(path: str | None) -> Policy:
+def _load_policy(path: Path | None) -> Policy:
     try:
         return load_policy(path)
     except PolicyError as err:
         raise StartupError(str(err)) from None
 
 
-def _tls_files(args: argparse.Namespace) -> TLSFiles:
-    if args.dev:
-        if args.tls_cert or args.tls_key:
+def _tls_files(settings: ServeSettings) -> TLSFiles:
+    if settings.dev:
+        if settings.tls_cert or settings.tls_key:
             raise StartupError("--dev makes its own certificate: drop --tls-cert/--tls-key")
-        return _dev_pair(Path(args.dev_dir))
-    if not (args.tls_cert and args.tls_key):
+        return _dev_pair(settings.dev_dir)
+    if not (settings.tls_cert and settings.tls_key):
         raise StartupError("--tls-cert and --tls-key are required (or --dev for a throwaway "
                            "localhost certificate)")
-    return TLSFiles(Path(args.tls_cert), Path(args.tls_key))
+    return TLSFiles(settings.tls_cert, settings.tls_key)
 
 
 def _dev_pair(out_dir: Path) -> TLSFiles:
@@ -189,9 +217,6 @@ def _cluster_cache(kubeconfig: str | None, stale_after: float
     from dlm_guard.kube.config import ClusterConfigError, load_api_client, resolve_kube_config
     from webhook.cache import WebhookCluster
 
-    if not stale_after > 0 or stale_after == float("inf"):
-        raise StartupError(f"--stale-after must be a positive number of seconds, "
-                           f"not {stale_after:g}")
     try:
         config = resolve_kube_config(kubeconfig, os.environ, Path.home())
         api_client = load_api_client(config)

@@ -10,10 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from server_support import offline_context
+from server_support import listening, offline_context
 
 from certs.generate import PairPaths, generate_pair
-from certs.tls import ServingTLS
 from webhook.server import create_app
 
 
@@ -32,16 +31,8 @@ def client_ssl(pki: PairPaths) -> ssl.SSLContext:
 @asynccontextmanager
 async def running(app: web.Application, pki: PairPaths) -> AsyncIterator[str]:
     """Serve `app` over real TLS on 127.0.0.1, on a free port; yields the base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0,
-                       ssl_context=ServingTLS(pki.tls_cert, pki.tls_key).context)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with listening(app, pki) as listener:
+        yield f"https://127.0.0.1:{listener.port}"
 
 
 @pytest.fixture

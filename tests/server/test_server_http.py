@@ -27,7 +27,7 @@ from dlm_guard.kube.resources import Resource
 from tests.waiting import eventually_async
 from webhook.cache import WEBHOOK_WATCHED, WebhookCluster
 from webhook.decision import Decision
-from webhook.engine import Context
+from webhook.engine import Context, Request
 from webhook.review import MAX_BODY_BYTES
 from webhook.server import Engine, create_app
 
@@ -171,7 +171,7 @@ async def test_huge_declared_length_is_refused_without_reading_the_body(
 
 
 # --- Failures -------------------------------------------------------------------------
-def _broken(_request: Mapping[str, Any], _ctx: Context) -> Decision:
+def _broken(_request: Request, _ctx: Context) -> Decision:
     raise KeyError("a rule bug")
 
 

@@ -19,17 +19,18 @@ from server_support import free_port, wait_for_port
 from certs.generate import cert_pem, key_pem, make_ca, make_leaf
 from certs.tls import ServingTLS
 from webhook import serve
-from webhook.cli import _register_serve
+from webhook.cli import _register_serve, settings_from_args
 from webhook.policy import CLUSTER_RULES
 from webhook.review import decode_review
 from webhook.server import CONTEXT, METRICS, READY_CHECKS, not_ready_reasons
+from webhook.settings import ServeSettings
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str) -> ServeSettings:
     """`serve` flags parsed by the real parser (without the other subcommands)."""
     parser = argparse.ArgumentParser()
     _register_serve(parser.add_subparsers())
-    return parser.parse_args(["serve", *argv])
+    return settings_from_args(parser.parse_args(["serve", *argv]))
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
-def dev_args(tmp_path: Path, *more: str) -> argparse.Namespace:
+def dev_args(tmp_path: Path, *more: str) -> ServeSettings:
     return parse("--dev", "--dev-dir", str(tmp_path / "dev"), "--port", "9443", *more)
 
 

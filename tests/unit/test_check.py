@@ -133,7 +133,7 @@ def test_stdin_multi_document_and_lists(monkeypatch: pytest.MonkeyPatch, capsys:
     bundle = {"apiVersion": "v1", "kind": "List",
               "items": [vm(name="a"), {"apiVersion": "v1", "kind": "ConfigMap"}]}
     text = yaml.safe_dump_all([bundle, None, "just text", vm(name="b", restore="bogus")])
-    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
     code, results = run_json(capsys, "-")
     assert code == 1
     assert [(r["name"], r["verdict"], r["file"], r["document"]) for r in results] == [
