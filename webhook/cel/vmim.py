@@ -1,0 +1,129 @@
+"""CEL for the stateless decentralized-VMIM rules.
+
+Mirrors webhook.engine.findings_for for VMIMs: on CREATE of a decentralized VMIM
+rules.vmim_offline_findings (both-roles, vmi-name, migration-id, connect-url); on UPDATE
+rules.immutable_spec_findings. The rules needing cluster state and the generated migrationID
+stay in the webhook. Each expression names the Python function it mirrors: change both.
+"""
+
+from __future__ import annotations
+
+from webhook.cel.cel import (
+    Manifest,
+    PolicyKind,
+    RuleCel,
+    condition,
+    finding,
+    lit,
+    path_segment,
+    variable,
+)
+
+
+def decentralized(root: str) -> str:
+    """domain.is_decentralized: sendTo or receive set and not null."""
+    return (f"({root} != null && ({root}.?spec.?sendTo.orValue(null) != null || "
+            f"{root}.?spec.?receive.orValue(null) != null))")
+
+
+MATCH = (f"request.operation == 'CREATE' ? {decentralized('object')} : "
+         f"(oldObject != null && ({decentralized('object')} || {decentralized('oldObject')}))")
+
+
+def both_roles() -> str:
+    """rules.vmim_offline_findings: both-roles."""
+    return ("variables.creating && variables.sendTo != null && variables.receive != null ? ["
+            + finding("both-roles", "'spec'",
+                      lit("both spec.sendTo and spec.receive are set, and KubeVirt then silently "
+                          "runs an ordinary in-cluster migration: put sendTo on the source "
+                          "cluster's VMIM and receive on the target cluster's VMIM"))
+            + "] : []")
+
+
+def vmi_name() -> str:
+    """rules.vmim_offline_findings: vmi-name (domain.vmi_name is '' unless a string)."""
+    return ("variables.creating && variables.spec.?vmiName.orValue('') == '' ? ["
+            + finding("vmi-name", "'spec.vmiName'",
+                      lit("missing: name the VMI to migrate (on the source the running VMI, on "
+                          "the target the VMI of the WaitAsReceiver VM)"))
+            + "] : []")
+
+
+def _migration_id(field: str) -> str:
+    # rules.roles_present: the key counts even when its value is null
+    value = f"(variables.{field} == null ? '' : variables.{field}.?migrationID.orValue(''))"
+    return (f"variables.creating && ({lit(field)} in variables.spec) && {value} == '' ? ["
+            + finding("migration-id", lit(f"spec.{field}.migrationID"),
+                      lit("missing or empty: set the same migrationID on the source and target "
+                          "VMIMs"))
+            + "] : []")
+
+
+def migration_id() -> str:
+    """rules.migration_id_findings, for each role present."""
+    return f"({_migration_id('sendTo')}) + ({_migration_id('receive')})"
+
+
+def connect_url() -> str:
+    """rules.connect_url_findings."""
+    return ("variables.creating && ('sendTo' in variables.spec) && variables.connectURL == '' ? ["
+            + finding("connect-url", "'spec.sendTo.connectURL'",
+                      lit("missing: set host:port of the target cluster's synchronization "
+                          "controller, from status.synchronizationAddresses of the target "
+                          "KubeVirt CR (e.g. 10.1.2.3:9185)"))
+            + "] : []")
+
+
+def _union_keys(old: str, new: str) -> str:
+    return f"({old}.map(k, k) + {new}.filter(k, !(k in {old})))"
+
+
+def immutable_spec() -> str:
+    """rules.immutable_spec_findings / changed_paths, two levels deep: the VMIM schema has no
+    deeper spec field (sendTo/receive hold strings, addedNodeSelector a string map)."""
+    old, new = "variables.oldSpec", "variables.newSpec"
+    a, b = f"{old}[?k].orValue(null)", f"{new}[?k].orValue(null)"
+    sub = (f"{_union_keys(f'{old}[k]', f'{new}[k]')}.filter(s, {old}[k][?s].orValue(null) != "
+           f"{new}[k][?s].orValue(null)).map(s, 'spec' + {path_segment('k')} + "
+           f"{path_segment('s')})")
+    paths = (f"{_union_keys(old, new)}.filter(k, {a} != {b}).map(k, "
+             f"type({a}) == map && type({b}) == map ? {sub} : ['spec' + {path_segment('k')}])"
+             ".flatten()")
+    message = lit("the spec of a decentralized VMIM cannot change after creation (KubeVirt's "
+                  "own update admitter forbids it too): delete the VMIMs and create new ones")
+    return (f"request.operation != 'UPDATE' || {old} == {new} ? [] : "
+            f"type({old}) != map || type({new}) != map ? [{finding('immutable-spec', lit('spec'), message)}] : "
+            f"{paths}.map(p, {finding('immutable-spec', 'p', message)})")
+
+
+RULES = (
+    (RuleCel("both-roles", "bothRoles"), both_roles),
+    (RuleCel("vmi-name", "vmiName"), vmi_name),
+    (RuleCel("migration-id", "migrationId"), migration_id),
+    (RuleCel("connect-url", "connectUrl"), connect_url),
+    (RuleCel("immutable-spec", "immutableSpec"), immutable_spec),
+)
+
+
+def _variables() -> tuple[Manifest, ...]:
+    views = [
+        variable("creating", "request.operation == 'CREATE'"),
+        variable("spec", "object.?spec.orValue({})"),
+        variable("sendTo", "variables.spec.?sendTo.orValue(null)"),
+        variable("receive", "variables.spec.?receive.orValue(null)"),
+        variable("connectURL",
+                 "variables.sendTo == null ? '' : variables.sendTo.?connectURL.orValue('')"),
+        variable("newSpec", "object.?spec.orValue(null)"),
+        variable("oldSpec", "oldObject == null ? null : oldObject.?spec.orValue(null)"),
+    ]
+    return (*views, *(variable(rule.variable, expression()) for rule, expression in RULES))
+
+
+VMIM_KIND = PolicyKind(
+    name="vmim",
+    resource="virtualmachineinstancemigrations",
+    operations=("CREATE", "UPDATE"),
+    match_conditions=(condition("decentralized-migration", MATCH),),
+    variables=_variables(),
+    rules=tuple(rule for rule, _ in RULES),
+)
