@@ -91,8 +91,9 @@ def immutable_spec() -> str:
              ".flatten()")
     message = lit("the spec of a decentralized VMIM cannot change after creation (KubeVirt's "
                   "own update admitter forbids it too): delete the VMIMs and create new ones")
+    whole = finding("immutable-spec", lit("spec"), message)
     return (f"request.operation != 'UPDATE' || {old} == {new} ? [] : "
-            f"type({old}) != map || type({new}) != map ? [{finding('immutable-spec', lit('spec'), message)}] : "
+            f"type({old}) != map || type({new}) != map ? [{whole}] : "
             f"{paths}.map(p, {finding('immutable-spec', 'p', message)})")
 
 
