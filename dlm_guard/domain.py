@@ -7,6 +7,7 @@ the keys we read and write, and the volume checks. Upstream facts are cited from
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,8 +40,6 @@ RESTORABLE_RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "On
 
 # --- Feature gate ---------------------------------------------------------------------
 FEATURE_GATE = "DecentralizedLiveMigration"
-# Alpha v1.6..v1.9 (opt-in), Beta from v1.10 (on unless disabled).
-FEATURE_GATE_BETA_VERSION = (1, 10)
 
 # --- CA ConfigMaps in the KubeVirt install namespace ----------------------------------
 DEFAULT_KUBEVIRT_NAMESPACE = "kubevirt"
@@ -148,12 +147,31 @@ def spec_migration_id(vmim: Obj, role: Role) -> str | None:
 
 
 def migration_id(vmim: Obj) -> str | None:
-    """migrationID used for pairing: our label when present, else the spec (issue #5)."""
+    """The migrationID that pairs the two sides: the spec's, never our label.
+
+    Upstream pairs by the spec's migrationID (any non-empty string), and our label may be
+    a hash of it, so a label can neither pair nor be trusted to match the spec.
+    """
     role = migration_role(vmim)
     if role is None:
         return None
-    label = labels_of(vmim).get(LABEL_MIGRATION_ID)
-    return label or spec_migration_id(vmim, role) or None
+    return spec_migration_id(vmim, role) or None
+
+
+LABEL_HASH_PREFIX = "sha256-"
+_LABEL_HASH_HEX = LABEL_VALUE_MAX - len(LABEL_HASH_PREFIX)  # 56 hex digits: a 63-char label
+
+
+def migration_id_label(mid: str) -> str:
+    """The `dlm-guard.io/migration-id` label value for a migrationID.
+
+    The ID itself when it is a valid label value, else `sha256-` + the first 56 hex digits
+    of its SHA-256, so both clusters derive the same label from the same ID (Forklift's
+    73-character `<vm uid>-<migration uid>` IDs take the hash form).
+    """
+    if is_valid_label_value(mid):
+        return mid
+    return LABEL_HASH_PREFIX + hashlib.sha256(mid.encode()).hexdigest()[:_LABEL_HASH_HEX]
 
 
 def vmi_name(vmim: Obj) -> str:
@@ -191,29 +209,87 @@ def migration_failed_on_vmi(vmi: Obj) -> bool:
 
 
 # --- Feature gate ---------------------------------------------------------------------
-def parse_version(text: str) -> tuple[int, int] | None:
-    match = re.match(r"^v?(\d+)\.(\d+)", text or "")
+class GateState(StrEnum):
+    """What the KubeVirt CR says about DecentralizedLiveMigration."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"  # the version is not one whose gate state we know: never "off"
+
+
+@dataclass(frozen=True, slots=True)
+class GateReading:
+    """The gate's state and why, naming the list or the version string it was read from."""
+
+    state: GateState
+    reason: str
+
+
+DEV_CONFIG_PATH = "spec.configuration.developerConfiguration"
+VERSION_PATH = "status.observedKubeVirtVersion"
+# A release tag (`v1.7.2`) or release candidate (`v1.9.0-rc.1`), nothing else: `git describe`
+# strings of other builds (`v1.9.0-beta.0-1264-gd923fdb815`), `latest` and alpha/beta tags say
+# nothing certain about the gate (docs/kubevirt-facts.md, "Feature gate").
+_RELEASE_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-rc\.(\d+))?$")
+# Release lines whose every release and rc registers the gate as Alpha (off unless listed).
+GATE_ALPHA_LINES = frozenset({(1, 6), (1, 7), (1, 8), (1, 9)})
+GATE_FIRST_LINE = (1, 6)  # no release before v1.6.0 has decentralized live migration
+
+
+def release_line(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a release or rc tag, None for any other version string."""
+    match = _RELEASE_RE.match(version)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _lists(value: Any, item: str) -> bool:
-    return isinstance(value, list) and item in value
+def _gate_listed(dev_config: Any, field: str) -> bool:
+    listed = get_path(dev_config, field)
+    return isinstance(listed, list) and FEATURE_GATE in listed
 
 
-def feature_gate_enabled(kubevirt: Obj) -> bool | None:
-    """Whether DecentralizedLiveMigration is on; None when the version cannot tell."""
+def feature_gate_state(kubevirt: Obj) -> GateReading:
+    """DecentralizedLiveMigration on, off or cannot tell, from a KubeVirt CR.
+
+    Upstream precedence (featuregate.IsEnabled): an explicit enable wins over an explicit
+    disable, which wins over the gate's default (Alpha: off, Beta: on). The default depends
+    on the build, so only a release or rc we know to be Alpha reads as off.
+    """
     dev = get_path(kubevirt, "spec", "configuration", "developerConfiguration")
-    if _lists(get_path(dev, "featureGates"), FEATURE_GATE):
-        return True
-    if _lists(get_path(dev, "disabledFeatureGates"), FEATURE_GATE):
-        return False
-    version = parse_version(str(get_path(kubevirt, "status", "observedKubeVirtVersion") or ""))
-    if version is None:
-        return None
-    return version >= FEATURE_GATE_BETA_VERSION
+    if _gate_listed(dev, "featureGates"):
+        return GateReading(GateState.ON, f"listed in {DEV_CONFIG_PATH}.featureGates")
+    if _gate_listed(dev, "disabledFeatureGates"):
+        return GateReading(GateState.OFF, f"listed in {DEV_CONFIG_PATH}.disabledFeatureGates")
+    return _gate_default(get_path(kubevirt, "status", "observedKubeVirtVersion"))
+
+
+def _gate_default(version: Any) -> GateReading:
+    if not isinstance(version, str) or not version:
+        return GateReading(GateState.UNKNOWN, f"{VERSION_PATH} is not set")
+    line = release_line(version)
+    shown_version = repr(version[:80])
+    if line in GATE_ALPHA_LINES:
+        return GateReading(GateState.OFF, (
+            f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} "
+            f"{shown_version} is a release where {FEATURE_GATE} is Alpha (off unless listed)"))
+    if line is not None and line < GATE_FIRST_LINE:
+        return GateReading(GateState.OFF, (
+            f"{VERSION_PATH} {shown_version} is older than v1.6.0, the first release with "
+            f"{FEATURE_GATE}"))
+    return GateReading(GateState.UNKNOWN, (
+        f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} {shown_version} is "
+        f"not a release whose default for {FEATURE_GATE} dlm-guard knows (Alpha in v1.6 to "
+        "v1.9, Beta on main since June 2026)"))
 
 
 # --- Volume checks (SPEC.md §3) -------------------------------------------------------
+class Severity(StrEnum):
+    """How far a finding can go: the policy's mode applies to a violation; an advisory is at
+    most a warning, even under `enforce` (what dlm-guard cannot know for sure never denies)."""
+
+    VIOLATION = "violation"
+    ADVISORY = "advisory"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One problem: the rule slug, the JSON field path it is about, and what to do."""
@@ -221,6 +297,7 @@ class Finding:
     rule: str
     path: str
     message: str
+    severity: Severity = Severity.VIOLATION
 
     def __str__(self) -> str:
         return f"[{self.rule}] {self.path}: {self.message}"

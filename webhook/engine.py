@@ -18,6 +18,7 @@ from dlm_guard.domain import (
     KUBEVIRT_GROUP,
     Finding,
     Obj,
+    Severity,
     is_decentralized,
     is_terminating,
     is_wait_as_receiver,
@@ -129,8 +130,16 @@ class Evaluation:
 
 
 def rate(findings: list[Finding], policy: Policy) -> Evaluation:
-    rated = (RatedFinding(finding, policy.mode(finding.rule)) for finding in findings)
+    rated = (RatedFinding(finding, mode_for(finding, policy)) for finding in findings)
     return Evaluation(tuple(r for r in rated if r.mode is not Mode.OFF))
+
+
+def mode_for(finding: Finding, policy: Policy) -> Mode:
+    """The policy's mode for the finding's rule; an advisory finding never denies."""
+    mode = policy.mode(finding.rule)
+    if finding.severity is Severity.ADVISORY and mode is Mode.ENFORCE:
+        return Mode.WARN
+    return mode
 
 
 # --- Validation -----------------------------------------------------------------------

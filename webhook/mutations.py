@@ -28,8 +28,8 @@ from dlm_guard.domain import (
     Role,
     annotations_of,
     get_path,
-    is_valid_label_value,
     is_wait_as_receiver,
+    migration_id_label,
     migration_role,
     spec_migration_id,
     vmi_name,
@@ -112,9 +112,8 @@ def _set_pairing_labels(vmim: dict[str, Any], role: Role) -> None:
         return
     labels[LABEL_ROLE] = role.value
     mid = spec_migration_id(vmim, role)
-    # An ID that is not a label value cannot be a label: validate's migration-id denies it.
-    if mid and is_valid_label_value(mid):
-        labels[LABEL_MIGRATION_ID] = mid
+    if mid:  # an empty ID is denied by validate's migration-id rule
+        labels[LABEL_MIGRATION_ID] = migration_id_label(mid)
 
 
 def _string_map(obj: dict[str, Any], field: str) -> dict[str, Any] | None:

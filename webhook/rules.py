@@ -19,20 +19,22 @@ from typing import Any
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
     ANNOTATION_RESTORE_RUN_STRATEGY,
+    DEV_CONFIG_PATH,
     FEATURE_GATE,
     RESTORABLE_RUN_STRATEGIES,
     ROLE_FIELD,
     RUN_STRATEGY_WAIT_AS_RECEIVER,
     VMI_PHASE_RUNNING,
     Finding,
+    GateState,
     Obj,
     Role,
+    Severity,
     annotations_of,
-    feature_gate_enabled,
+    feature_gate_state,
     get_path,
     has_both_roles,
     is_receiver_vmi,
-    is_valid_label_value,
     migration_role,
     name_of,
     namespace_of,
@@ -103,16 +105,12 @@ def vmim_offline_findings(vmim: Obj) -> list[Finding]:
 def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
     path = field_path("spec", ROLE_FIELD[role], "migrationID")
     value = get_path(vmim, "spec", ROLE_FIELD[role], "migrationID")
-    # The CRD accepts "" (no minLength), but an empty ID cannot pair the two sides.
+    # The CRD accepts "" (no minLength), but an empty ID cannot pair the two sides. Any other
+    # string is valid upstream: no length or charset limit (docs/kubevirt-facts.md).
     if value is None or value == "":
         problem = "missing or empty: set the same migrationID on the source and target VMIMs"
     elif not isinstance(value, str):
         problem = f"must be a string, not {type(value).__name__}"
-    elif not is_valid_label_value(value):
-        problem = (f"{shown(value)} is not a valid label value (at most 63 characters: letters, "
-                   "digits, '-', '_', '.', starting and ending with a letter or digit); "
-                   "choose an ID that fits so it can be used in the dlm-guard.io/migration-id "
-                   "label")
     else:
         return []
     return [Finding("migration-id", path, problem)]
@@ -267,37 +265,29 @@ def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
 
 
 def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
-    gates = "spec.configuration.developerConfiguration.featureGates"
-    disabled = "spec.configuration.developerConfiguration.disabledFeatureGates"
+    """Deny only when the gate is known to be off; warn when the CR cannot tell."""
+    gates = f"{DEV_CONFIG_PATH}.featureGates"
     if kubevirt is None:
         return [Finding("feature-gate", gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
                         f"{FEATURE_GATE} in {gates}")]
     where = f"KubeVirt {namespace_of(kubevirt)}/{name_of(kubevirt)}"
-    enabled = _gate_state(kubevirt)
-    if enabled is True:
+    reading = feature_gate_state(kubevirt)
+    if reading.state is GateState.ON:
         return []
-    if enabled is False and _listed(kubevirt, "disabledFeatureGates"):
+    if reading.state is GateState.UNKNOWN:
+        return [Finding("feature-gate", gates, (
+            f"{where}: cannot tell whether {FEATURE_GATE} is on ({reading.reason}); KubeVirt "
+            f"itself rejects this VMIM if it is off: list {FEATURE_GATE} in {gates} to be sure"),
+            Severity.ADVISORY)]
+    disabled = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
+    if "disabledFeatureGates" in reading.reason:
         return [Finding("feature-gate", disabled,
-                        f"{where} disables {FEATURE_GATE}: remove it from {disabled}")]
-    # Alpha before v1.10 (opt-in), Beta from v1.10 (on unless disabled): SPEC.md §1.
-    version = get_path(kubevirt, "status", "observedKubeVirtVersion") or "unknown"
+                        f"{where} disables {FEATURE_GATE} ({reading.reason}): remove it from "
+                        f"{disabled}")]
     return [Finding("feature-gate", gates,
-                    f"{where} does not list {FEATURE_GATE}, and before v1.10 the gate is off "
-                    f"unless listed (status.observedKubeVirtVersion: {shown(version)}): "
-                    f"add {FEATURE_GATE} to {gates}")]
-
-
-def _gate_state(kubevirt: Obj) -> bool | None:
-    try:
-        return feature_gate_enabled(kubevirt)
-    except (AttributeError, TypeError):  # a KubeVirt CR too malformed to tell
-        return None
-
-
-def _listed(kubevirt: Obj, field: str) -> bool:
-    listed = get_path(kubevirt, "spec", "configuration", "developerConfiguration", field)
-    return isinstance(listed, list) and FEATURE_GATE in listed
+                    f"{where}: {FEATURE_GATE} is off ({reading.reason}): add {FEATURE_GATE} "
+                    f"to {gates}")]
 
 
 # --- Decentralized VMIM, UPDATE -------------------------------------------------------

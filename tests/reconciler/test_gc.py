@@ -93,7 +93,13 @@ NO_TIMESTAMPS_FAILED = pair([target("Failed", None), *TARGET_VM], [source()])
 ORPHAN_TARGET = pair([target(ago=16 * MIN), *TARGET_VM])
 STUCK_BY_MEMORY = pair([target(ago=None), *TARGET_VM], [source(ago=None)])
 OUTAGE = {"dst": [target(ago=30 * MIN)], "src": []}
-LABEL_PAIR = pair([target(ago=20 * MIN, label_mid="x"), *TARGET_VM], [source(mid="x")])
+# Pairing keys on the spec's migrationID, never on our label (which may be a hash of it).
+LABEL_PAIR = pair([target(ago=20 * MIN, label_mid="x"), *TARGET_VM], [source(label_mid="y")])
+LABEL_ONLY_PAIR = pair([target(ago=20 * MIN, label_mid="x"), *TARGET_VM],
+                       [source(mid="x")])
+FORKLIFT_ID = "3f9a1c2e-6b7d-4e8f-9a0b-1c2d3e4f5a6b-d41d8cd9-8f00-4b20-9e98-0998ecf8427e"
+FORKLIFT_PAIR = pair([target(ago=20 * MIN, mid=FORKLIFT_ID), *TARGET_VM],
+                     [source(mid=FORKLIFT_ID)])
 NO_ID = pair([target(ago=20 * MIN, mid=""), *TARGET_VM])
 
 GC_CASES = [
@@ -123,6 +129,9 @@ GC_CASES = [
          {("src", "vmim", "s", "failed-source")}),
     Case("orphan: peer never appeared in 16 min", ORPHAN_TARGET,
          {("dst", "vmim", "t", "orphan")}, history=same(ORPHAN_TARGET, 16 * MIN)),
+    Case("orphan: a peer whose migrationID only equals our label is no peer", LABEL_ONLY_PAIR,
+         {("dst", "vmim", "t", "orphan"), ("src", "vmim", "s", "orphan")},
+         history=same(LABEL_ONLY_PAIR, 20 * MIN)),
     Case("orphan: peer is being deleted (v1.6.0 does not cascade)",
          pair([target(), *TARGET_VM], [source(terminating=True)]),
          {("dst", "vmim", "t", "orphan")}),
@@ -244,8 +253,10 @@ NEVER_CASES = [
     Case("peer in another namespace of the same cluster",
          {"one": [target(ns="a"), source(ns="b")]}, set(),
          history=same({"one": [target(ns="a"), source(ns="b")]}, 20 * MIN), managed=("one",)),
-    Case("pairing by our migration-id label", LABEL_PAIR, set(),
+    Case("pairing by the spec's migrationID, whatever our labels say", LABEL_PAIR, set(),
          history=same(LABEL_PAIR, 20 * MIN)),
+    Case("a 73-character Forklift migrationID pairs", FORKLIFT_PAIR, set(),
+         history=same(FORKLIFT_PAIR, 20 * MIN)),
     Case("a failed peer within grace is still a peer",
          pair([target(ago=20 * MIN), *TARGET_VM], [source("Failed", 4 * MIN)]), set(),
          history=same(pair([target(ago=20 * MIN)], [source("Failed", 4 * MIN)]), 20 * MIN)),

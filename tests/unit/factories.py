@@ -21,6 +21,11 @@ NAMESPACE = "vms"
 VM_NAME = "db-1"
 MIGRATION_ID = "db-1-7f3a9c"
 CONNECT_URL = "10.244.1.17:9185"
+# Forklift's migrationID: `<vm uid>-<migration uid>` (kubev2v/forklift
+# pkg/controller/plan/migrator/ocp/live.go, kubevirtMigrationID), two UIDs, 73 characters.
+FORKLIFT_VM_UID = "3f9a1c2e-6b7d-4e8f-9a0b-1c2d3e4f5a6b"
+FORKLIFT_MIGRATION_UID = "d41d8cd9-8f00-4b20-9e98-0998ecf8427e"
+FORKLIFT_MIGRATION_ID = f"{FORKLIFT_VM_UID}-{FORKLIFT_MIGRATION_UID}"
 Obj = dict[str, Any]
 
 

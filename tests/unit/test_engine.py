@@ -316,3 +316,20 @@ def test_mutate_returns_a_json_patch_response() -> None:
     assert response["patchType"] == "JSONPatch" and response["uid"] == "abc"
     clean = mutate(request(vm()), context()).review("abc")["response"]
     assert "patch" not in clean and "patchType" not in clean
+
+
+@pytest.mark.parametrize("version", ["latest", "v1.9.0-beta.0-1264-gd923fdb815", "", "v1.10.0"])
+def test_unknown_feature_gate_state_warns_even_under_enforce(version: str) -> None:
+    store = cluster(kubevirt(gates=(), version=version), vmi())
+    decision = validate(request(source_vmim()), context({"rules": {"feature-gate": "enforce"}},
+                                                        store))
+    assert decision.allowed
+    [warning] = decision.warnings
+    assert warning.startswith("[feature-gate] ") and "cannot tell" in warning
+    assert (repr(version) if version else "not set") in warning
+
+
+def test_unknown_feature_gate_state_is_dropped_when_off() -> None:
+    store = cluster(kubevirt(gates=(), version="latest"), vmi())
+    assert "feature-gate" not in slugs_of(request(source_vmim()), store,
+                                          {"rules": {"feature-gate": "off"}})

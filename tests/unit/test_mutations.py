@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 import jsonpatch
 import pytest
-from factories import MIGRATION_ID, counting_ids, source_vmim, target_vmim, vm, vmim
+from factories import (
+    FORKLIFT_MIGRATION_ID,
+    MIGRATION_ID,
+    counting_ids,
+    source_vmim,
+    target_vmim,
+    vm,
+    vmim,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlm_guard.domain import is_valid_label_value
+from dlm_guard.domain import is_valid_label_value, migration_id_label
 from webhook.mutations import generated_migration_id, json_patch, mutate_vm, mutate_vmim
 
 RESTORE = "kubevirt.io/restore-run-strategy"
@@ -97,14 +106,22 @@ def test_source_migration_id_never_generated() -> None:
     assert mutated["metadata"]["labels"] == {"dlm-guard.io/role": "source"}
 
 
-@pytest.mark.parametrize("value", [MIGRATION_ID, "not a label value!"])
-def test_non_empty_migration_id_never_replaced(value: str) -> None:
-    original = target_vmim(migration_id=value)
+@pytest.mark.parametrize("value", [MIGRATION_ID, "not a label value!", FORKLIFT_MIGRATION_ID])
+@pytest.mark.parametrize("build", [source_vmim, target_vmim])
+def test_non_empty_migration_id_never_replaced(value: str, build: Any) -> None:
+    original = build(migration_id=value)
     mutated = mutate_vmim(original, counting_ids(), creating=True)
     assert mutated["spec"] == original["spec"]
-    # Only a valid label value becomes a label; the invalid one is left for validate.
-    assert ("dlm-guard.io/migration-id" in mutated["metadata"]["labels"]) is \
-        is_valid_label_value(value)
+    label = mutated["metadata"]["labels"]["dlm-guard.io/migration-id"]
+    assert is_valid_label_value(label) and label == migration_id_label(value)
+
+
+def test_forklift_id_label_is_the_sha256_form() -> None:
+    mutated = mutate_vmim(source_vmim(migration_id=FORKLIFT_MIGRATION_ID), counting_ids(),
+                          creating=True)
+    digest = hashlib.sha256(FORKLIFT_MIGRATION_ID.encode()).hexdigest()
+    assert len(FORKLIFT_MIGRATION_ID) == 73
+    assert mutated["metadata"]["labels"]["dlm-guard.io/migration-id"] == f"sha256-{digest[:56]}"
 
 
 def test_labels_added_next_to_existing_ones_and_corrected() -> None:
@@ -182,3 +199,12 @@ def test_json_patch_turns_before_into_after(before: dict[str, Any],
     patch = json_patch(before, after)
     assert apply(before, patch) == after
     assert (patch == []) is (before == after)
+
+
+def test_both_sides_derive_the_same_label_from_the_same_forklift_id() -> None:
+    source = mutate_vmim(source_vmim(migration_id=FORKLIFT_MIGRATION_ID), counting_ids(),
+                         creating=True)
+    target = mutate_vmim(target_vmim(migration_id=FORKLIFT_MIGRATION_ID), counting_ids(),
+                         creating=True)
+    key = "dlm-guard.io/migration-id"
+    assert source["metadata"]["labels"][key] == target["metadata"]["labels"][key]

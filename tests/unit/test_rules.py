@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from factories import (
+    FORKLIFT_MIGRATION_ID,
     MIGRATION_ID,
     NAMESPACE,
     VM_NAME,
@@ -19,7 +20,7 @@ from factories import (
     vmim,
 )
 
-from dlm_guard.domain import Role
+from dlm_guard.domain import Role, Severity
 from webhook import rules
 
 
@@ -88,15 +89,20 @@ def test_long_values_are_cut_short_in_messages() -> None:
 
 
 # --- migration-id, vmi-name, both-roles -----------------------------------------------
-@pytest.mark.parametrize("value", [MIGRATION_ID, "a", "A.b_c-9", "x" * 63])
-def test_migration_id_accepts_label_values(value: str) -> None:
-    assert rules.migration_id_findings(target_vmim(migration_id=value), Role.TARGET) == []
+@pytest.mark.parametrize("value", [
+    MIGRATION_ID, "a", "A.b_c-9", "x" * 63,
+    FORKLIFT_MIGRATION_ID,  # kubev2v/forklift live.go kubevirtMigrationID: 73 characters
+    "x" * 64, "-starts-with-dash", "has space", "ends.", "ümlaut/ß", "x" * 10_000,
+])
+@pytest.mark.parametrize("role", list(Role))
+def test_migration_id_accepts_any_non_empty_string(value: str, role: Role) -> None:
+    # Upstream sets no length or charset limit on migrationID.
+    build = source_vmim if role is Role.SOURCE else target_vmim
+    assert rules.migration_id_findings(build(migration_id=value), role) == []
 
 
 @pytest.mark.parametrize(("value", "says"), [
     (None, "missing"), ("", "empty"), (42, "must be a string"),
-    ("x" * 64, "not a valid label value"), ("-starts-with-dash", "not a valid label value"),
-    ("has space", "not a valid label value"), ("ends.", "not a valid label value"),
 ])
 @pytest.mark.parametrize("role", list(Role))
 def test_migration_id_rejects(value: Any, says: str, role: Role) -> None:
@@ -175,6 +181,20 @@ def test_duplicate_migration_id(other: dict[str, Any], duplicate: bool) -> None:
         assert f"{other['metadata']['namespace']}/old" in finding.message
 
 
+def test_duplicate_forklift_id_found_by_the_id_not_the_label() -> None:
+    # A stored VMIM whose label disagrees with its spec (hand-edited, or labelled before the
+    # hash form) is still found by its spec ID; one whose label alone matches is not.
+    mine = target_vmim(migration_id=FORKLIFT_MIGRATION_ID)
+    same_id = target_vmim(name="old", namespace="b", migration_id=FORKLIFT_MIGRATION_ID,
+                          labels={"dlm-guard.io/migration-id": "something-else"})
+    label_only = target_vmim(name="decoy", namespace="c", migration_id="other",
+                             labels={"dlm-guard.io/migration-id": FORKLIFT_MIGRATION_ID[:63]})
+    store = cluster(kubevirt(), vmi(receiver=True), same_id, label_only)
+    [finding] = [f for f in rules.vmim_cluster_findings(mine, NAMESPACE, store)
+                 if f.rule == "duplicate-migration-id"]
+    assert "b/old" in finding.message and "c/decoy" not in finding.message
+
+
 def test_named_vmi_volume_findings_name_the_vmi() -> None:
     bad = vmi(dom=domain(disks=[{"name": "d0", "disk": {}}, {"name": "d1", "lun": {}}]))
     [finding] = rules.vmim_cluster_findings(source_vmim(), NAMESPACE, cluster(kubevirt(), bad))
@@ -187,16 +207,26 @@ def test_named_vmi_volume_findings_name_the_vmi() -> None:
     (kubevirt(gates=(), disabled=("DecentralizedLiveMigration",), version="v1.10.0"),
      "remove it from spec.configuration.developerConfiguration.disabledFeatureGates"),
     (kubevirt(gates=(), version="v1.9.2"), "add DecentralizedLiveMigration to"),
-    (kubevirt(gates=(), version=None), "observedKubeVirtVersion: 'unknown'"),
-    (kubevirt(gates=(), version="garbage"), "add DecentralizedLiveMigration to"),
+    (kubevirt(gates=(), version="v1.6.0-rc.1"), "'v1.6.0-rc.1' is a release where"),
 ])
-def test_feature_gate_off_or_unknown(cr: dict[str, Any] | None, says: str) -> None:
+def test_feature_gate_known_off_is_a_violation(cr: dict[str, Any] | None, says: str) -> None:
     [finding] = rules.feature_gate_findings(cr)
     assert finding.rule == "feature-gate" and says in finding.message
+    assert finding.severity is Severity.VIOLATION
+
+
+@pytest.mark.parametrize("version", [
+    None, "", "latest", "garbage", "v1.9.0-beta.0-1264-gd923fdb815", "v1.10.0", "v2.0.1"])
+def test_feature_gate_cannot_tell_is_an_advisory_naming_the_version(version: str | None) -> None:
+    [finding] = rules.feature_gate_findings(kubevirt(gates=(), version=version))
+    assert finding.severity is Severity.ADVISORY
+    assert "cannot tell" in finding.message
+    assert (repr(version) if version else "observedKubeVirtVersion is not set") in finding.message
 
 
 @pytest.mark.parametrize("cr", [
-    kubevirt(), kubevirt(gates=(), version="v1.10.0"), kubevirt(gates=(), version="v2.0.1"),
+    kubevirt(), kubevirt(version="latest"), kubevirt(version="v1.9.0-beta.0-1264-gd923fdb815"),
+    kubevirt(disabled=("DecentralizedLiveMigration",)),  # an explicit enable wins
 ])
 def test_feature_gate_on(cr: dict[str, Any]) -> None:
     assert rules.feature_gate_findings(cr) == []
@@ -204,7 +234,8 @@ def test_feature_gate_on(cr: dict[str, Any]) -> None:
 
 def test_feature_gate_survives_a_malformed_kubevirt_cr() -> None:
     cr = {"kind": "KubeVirt", "spec": {"configuration": {"developerConfiguration": ["x"]}}}
-    assert slugs(rules.feature_gate_findings(cr)) == ["feature-gate"]
+    [finding] = rules.feature_gate_findings(cr)
+    assert finding.rule == "feature-gate" and finding.severity is Severity.ADVISORY
 
 
 # --- immutable-spec -------------------------------------------------------------------
