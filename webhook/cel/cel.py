@@ -31,18 +31,29 @@ def path_segment(key: str) -> str:
             f": '[\"' + {key} + '\"]')")
 
 
+# Unicode control characters (category Cc). kube-apiserver drops a warning whose text has one
+# (k8s.io/apimachinery pkg/util/net/http.go NewWarningHeader, v0.36.3), and CEL cannot escape
+# them the way Python's repr() does: such a value is described instead of shown.
+CONTROL_CHARACTERS = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
+
+
 def shown(value: str) -> str:
     """CEL for webhook.rules.shown() of a string: quoted, cut to 80 characters."""
     quoted = f"(\"'\" + {value} + \"'\")"
-    return f"({quoted}.size() <= 80 ? {quoted} : {quoted}.substring(0, 77) + '...')"
+    return (f"({value}.matches({lit(CONTROL_CHARACTERS)}) ? 'a value with control characters' "
+            f": {quoted}.size() <= 80 ? {quoted} : {quoted}.substring(0, 77) + '...')")
 
 
 @dataclass(frozen=True)
 class RuleCel:
-    """One rule slug and the CEL variable holding its findings (a list of strings)."""
+    """One rule slug and the CEL variables holding its findings (lists of strings).
+
+    `advisory` holds findings of Severity.ADVISORY: they warn under `enforce` and `warn`
+    (webhook.engine.mode_for), so they always go into the warn policy."""
 
     slug: str
     variable: str
+    advisory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,8 @@ class PolicyKind:
                 "operations": list(self.operations),
                 "matchConditions": [dict(c) for c in self.match_conditions],
                 "variables": [dict(v) for v in self.variables],
-                "rules": [{"slug": r.slug, "variable": r.variable} for r in self.rules]}
+                "rules": [{"slug": r.slug, "variable": r.variable, "advisory": r.advisory or ""}
+                          for r in self.rules]}
 
 
 def variable(name: str, expression: str) -> Manifest:

@@ -37,7 +37,7 @@ WAIT_AS_RECEIVER = (f"object.?spec.?runStrategy.orValue('') == "
 
 def _disk_name(disk: str, index: str) -> str:
     # mirrors `disk.get('name', index)!r` in domain.volume_findings
-    return f"(has({disk}.name) ? \"'\" + string({disk}.name) + \"'\" : string({index}))"
+    return f"(has({disk}.name) ? {shown(f'string({disk}.name)')} : string({index}))"
 
 
 def shareable_disk(p: str) -> str:
