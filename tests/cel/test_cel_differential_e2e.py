@@ -21,7 +21,7 @@ from differential import DryRunner, Obj, Report, compare
 
 from controlplane import Binaries, Cluster, install_crds, start_clusters
 from webhook.cel.export import export
-from webhook.policy import Policy, parse_policy
+from webhook.policy import parse_policy
 
 pytestmark = pytest.mark.e2e
 
@@ -121,11 +121,11 @@ async def test_modes_off_warn_and_another_default_decide_the_same(
 
 async def test_the_default_annotation_is_the_webhooks_patch(runner: DryRunner) -> None:
     """Absent annotations map, an existing one, and a present value that must stay."""
-    for annotations, expected in [(None, {RESTORE: "Always"}),
-                                  ({"a": "b"}, {"a": "b", RESTORE: "Always"}),
-                                  ({RESTORE: "Halted"}, {RESTORE: "Halted"})]:
+    for given, expected in [(None, {RESTORE: "Always"}),
+                            ({"a": "b"}, {"a": "b", RESTORE: "Always"}),
+                            ({RESTORE: "Halted"}, {RESTORE: "Halted"})]:
         vm = copy.deepcopy(base_vm("defaults"))
-        vm["metadata"]["annotations"] = annotations
+        vm["metadata"]["annotations"] = given
         status, answer, _ = await runner.write(vm, GUARDED)
         assert status == 201 and answer["metadata"]["annotations"] == expected
     await asyncio.sleep(0)
