@@ -60,6 +60,26 @@ LABEL_VALUE_MAX = 63
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
+class Rule(StrEnum):
+    """Every rule slug (DESIGN.md's public contract): findings, policy keys and messages."""
+
+    BOTH_ROLES = "both-roles"
+    VMI_NAME = "vmi-name"
+    MIGRATION_ID = "migration-id"
+    CONNECT_URL = "connect-url"
+    IMMUTABLE_SPEC = "immutable-spec"
+    SHAREABLE_DISK = "shareable-disk"
+    LUN_DISK = "lun-disk"
+    FILESYSTEM = "filesystem"
+    PERSISTENT_STATE = "persistent-state"
+    RESTORE_RUN_STRATEGY = "restore-run-strategy"
+    DUPLICATE_MIGRATION_ID = "duplicate-migration-id"
+    RECEIVER_VMI = "receiver-vmi"
+    SOURCE_VMI = "source-vmi"
+    FEATURE_GATE = "feature-gate"
+    LEGACY_RUNNING = "legacy-running"
+
+
 class Role(StrEnum):
     """Side of a decentralized migration, as written in our `dlm-guard.io/role` label."""
 
@@ -294,7 +314,7 @@ class Severity(StrEnum):
 class Finding:
     """One problem: the rule slug, the JSON field path it is about, and what to do."""
 
-    rule: str
+    rule: Rule
     path: str
     message: str
     severity: Severity = Severity.VIOLATION
@@ -326,21 +346,50 @@ def volume_findings(vmi_spec: Obj, prefix: str) -> list[Finding]:
         disk_path = f"{base}.devices.disks[{index}]"
         if disk.get("shareable") is True:
             findings.append(Finding(
-                "shareable-disk", f"{disk_path}.shareable",
+                Rule.SHAREABLE_DISK, f"{disk_path}.shareable",
                 f"disk {disk.get('name', index)!r} is shareable; decentralized live migration "
                 "does not support shareable disks: remove shareable or migrate another way"))
         if "lun" in disk:
             findings.append(Finding(
-                "lun-disk", f"{disk_path}.lun",
+                Rule.LUN_DISK, f"{disk_path}.lun",
                 f"disk {disk.get('name', index)!r} is a LUN disk; decentralized live migration "
                 "does not support LUN disks: use a disk (bus virtio/sata/scsi) instead"))
-    filesystems = get_path(domain, "devices", "filesystems")
-    if isinstance(filesystems, list) and filesystems:
-        findings.append(Finding(
-            "filesystem", f"{base}.devices.filesystems",
-            "filesystem devices (virtiofs) cannot be live-migrated across clusters: "
-            "remove devices.filesystems before migrating"))
+    findings.extend(_filesystem_findings(vmi_spec, domain, base))
     findings.extend(_persistent_state_findings(domain, base))
+    return findings
+
+
+# Volume sources whose data lives in a PVC: virtiofs shares of these are the ones that cannot
+# move (docs/kubevirt-facts.md, "Filesystems"). Every other source virtiofs can share (ConfigMap,
+# Secret, ServiceAccount, DownwardAPI) is rebuilt on the target and migrates since v1.5.
+PVC_VOLUME_SOURCES = ("persistentVolumeClaim", "dataVolume")
+
+
+def _volumes_by_name(vmi_spec: Obj) -> dict[str, Obj]:
+    volumes = get_path(vmi_spec, "volumes")
+    if not isinstance(volumes, list):
+        return {}
+    return {str(v.get("name")): v for v in volumes if isinstance(v, Mapping)}
+
+
+def _filesystem_findings(vmi_spec: Obj, domain: Obj, base: str) -> list[Finding]:
+    filesystems = get_path(domain, "devices", "filesystems")
+    if not isinstance(filesystems, list):
+        return []
+    volumes = _volumes_by_name(vmi_spec)
+    findings = []
+    for index, filesystem in enumerate(filesystems):
+        name = str(get_path(filesystem, "name") or "")
+        volume = volumes.get(name, {})
+        source = next((key for key in PVC_VOLUME_SOURCES if volume.get(key) is not None), None)
+        if source is None:
+            continue
+        findings.append(Finding(
+            Rule.FILESYSTEM, f"{base}.devices.filesystems[{index}]",
+            f"filesystem {name!r} shares a {source} volume over virtiofs; decentralized live "
+            "migration copies disks, not virtiofs shares, so its data would not reach the "
+            "target: attach the PVC as a disk, or copy its data another way (virtiofs shares "
+            "of ConfigMaps, Secrets, ServiceAccount and DownwardAPI volumes migrate)"))
     return findings
 
 
@@ -351,10 +400,10 @@ def _persistent_state_findings(domain: Obj, base: str) -> list[Finding]:
               "copied when its PVC is ReadWriteMany on both sides")
     findings = []
     if get_path(domain, "devices", "tpm", "persistent") is True:
-        findings.append(Finding("persistent-state", f"{base}.devices.tpm.persistent",
+        findings.append(Finding(Rule.PERSISTENT_STATE, f"{base}.devices.tpm.persistent",
                                 f"persistent vTPM: {advice}"))
     if get_path(domain, "firmware", "bootloader", "efi", "persistent") is True:
-        findings.append(Finding("persistent-state",
+        findings.append(Finding(Rule.PERSISTENT_STATE,
                                 f"{base}.firmware.bootloader.efi.persistent",
                                 f"persistent EFI: {advice}"))
     return findings

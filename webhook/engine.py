@@ -3,13 +3,18 @@
 `mutate` and `validate` are total: whatever shape the request has, they return a Decision
 (allow when the object is not ours) and never raise on a malformed object. `evaluate` and
 `mutation_patch` are the structured layer below them, shared with `dlm-guard check`.
+
+A watch cache lags: a VMI created a moment ago may not be in it yet. So an Evaluation that
+would report a VMI as missing names it in `vmi_to_confirm`, and the async shell
+(webhook/live.py) confirms with one live GET and evaluates again with what it found
+(`LiveVmi`). The engine itself never does I/O.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dlm_guard.domain import (
@@ -18,11 +23,15 @@ from dlm_guard.domain import (
     KUBEVIRT_GROUP,
     Finding,
     Obj,
+    Role,
+    Rule,
     Severity,
     is_decentralized,
     is_terminating,
     is_wait_as_receiver,
+    migration_role,
     namespace_of,
+    vmi_name,
 )
 from dlm_guard.store import ObjectStore
 from webhook import rules
@@ -108,11 +117,21 @@ class RatedFinding:
         return str(self.finding)
 
 
+VmiKey = tuple[str, str]  # (namespace, name)
+# The rules that report a VMI missing: the only findings a live GET can overturn.
+MISSING_VMI_RULES = (Rule.RECEIVER_VMI, Rule.SOURCE_VMI)
+
+
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """Every finding of one review that the policy does not turn off, in rule order."""
+    """Every finding of one review that the policy does not turn off, in rule order.
+
+    `vmi_to_confirm`: the VMI that the findings call missing because the cache lacks it;
+    a live GET should confirm it before the verdict stands (None: nothing to confirm).
+    """
 
     findings: tuple[RatedFinding, ...] = ()
+    vmi_to_confirm: VmiKey | None = None
 
     def in_mode(self, mode: Mode) -> list[RatedFinding]:
         return [rated for rated in self.findings if rated.mode is mode]
@@ -143,15 +162,85 @@ def mode_for(finding: Finding, policy: Policy) -> Mode:
 
 
 # --- Validation -----------------------------------------------------------------------
-def evaluate(request: Mapping[str, Any], ctx: Context) -> Evaluation:
-    """The validating webhook's findings for a request, rated by the policy."""
+@dataclass(frozen=True, slots=True)
+class LiveVmi:
+    """What one live GET said about a VMI missing from the cache."""
+
+    namespace: str
+    name: str
+    obj: Obj | None = None  # None and no error: the API server says it does not exist
+    error: str = ""  # the GET failed or timed out: nobody can tell
+
+    @property
+    def key(self) -> VmiKey:
+        return (self.namespace, self.name)
+
+
+class WithVmi:
+    """A cluster view: the cache, with one VMI fetched live laid over it."""
+
+    def __init__(self, cluster: rules.ClusterView, vmi: Obj, key: VmiKey) -> None:
+        self._cluster, self._vmi, self._key = cluster, vmi, key
+
+    def vmi(self, namespace: str, name: str) -> Obj | None:
+        if (namespace, name) == self._key:
+            return self._vmi
+        return self._cluster.vmi(namespace, name)
+
+    def vm(self, namespace: str, name: str) -> Obj | None:
+        return self._cluster.vm(namespace, name)
+
+    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]:
+        return self._cluster.vmims_with_migration_id(role, mid)
+
+    def kubevirt(self) -> Obj | None:
+        return self._cluster.kubevirt()
+
+
+def evaluate(request: Mapping[str, Any], ctx: Context, live: LiveVmi | None = None
+             ) -> Evaluation:
+    """The validating webhook's findings for a request, rated by the policy.
+
+    `live`: the answer of the live GET for `vmi_to_confirm` of an earlier evaluation.
+    """
     parsed = parse_request(request)
     if not in_scope(parsed, ctx.policy):
         return Evaluation()
-    return rate(findings_for(parsed, ctx.cluster), ctx.policy)
+    cluster: rules.ClusterView | None = ctx.cluster
+    if cluster is not None and live is not None and live.obj is not None:
+        cluster = WithVmi(cluster, live.obj, live.key)
+    findings = findings_for(parsed, cluster)
+    if live is not None and live.error:
+        findings = [_unconfirmed(f, live) if f.rule in MISSING_VMI_RULES else f
+                    for f in findings]
+    evaluation = rate(findings, ctx.policy)
+    if live is None and cluster is not None:
+        evaluation = replace(evaluation, vmi_to_confirm=_vmi_to_confirm(parsed, cluster,
+                                                                        evaluation))
+    return evaluation
 
 
-def findings_for(request: Request, cluster: ObjectStore | None) -> list[Finding]:
+def _vmi_to_confirm(request: Request, cluster: rules.ClusterView,
+                    evaluation: Evaluation) -> VmiKey | None:
+    obj = request.object or {}
+    name = vmi_name(obj)
+    if request.operation != CREATE or migration_role(obj) is None or not name \
+            or cluster.vmi(request.namespace, name) is not None:
+        return None
+    if not any(r.finding.rule in MISSING_VMI_RULES for r in evaluation.findings):
+        return None
+    return (request.namespace, name)
+
+
+def _unconfirmed(finding: Finding, live: LiveVmi) -> Finding:
+    # A failed GET never turns into a denial: KubeVirt's own admitter reads the VMI live.
+    return Finding(finding.rule, finding.path, (
+        f"VirtualMachineInstance {live.namespace}/{live.name} is not in dlm-guard's cache and "
+        f"the live check failed ({live.error}): allowed unchecked; KubeVirt's own admitter "
+        "still requires the VMI"), Severity.ADVISORY)
+
+
+def findings_for(request: Request, cluster: rules.ClusterView | None) -> list[Finding]:
     obj, old = request.object or {}, request.old_object
     if request.kind == KIND_VM:
         return vm_findings(request)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dlm_guard.domain import RESTORABLE_RUN_STRATEGIES
+from dlm_guard.domain import RESTORABLE_RUN_STRATEGIES, Rule
 
 
 class Mode(StrEnum):
@@ -19,22 +19,24 @@ class Mode(StrEnum):
 
 
 # slug -> (default mode, needs cluster state). The public contract of DESIGN.md.
-RULES: dict[str, tuple[Mode, bool]] = {
-    "both-roles": (Mode.ENFORCE, False),
-    "vmi-name": (Mode.ENFORCE, False),
-    "migration-id": (Mode.ENFORCE, False),
-    "connect-url": (Mode.ENFORCE, False),
-    "immutable-spec": (Mode.ENFORCE, False),
-    "shareable-disk": (Mode.ENFORCE, False),
-    "lun-disk": (Mode.ENFORCE, False),
-    "filesystem": (Mode.ENFORCE, False),
-    "persistent-state": (Mode.WARN, False),
-    "restore-run-strategy": (Mode.ENFORCE, False),
-    "duplicate-migration-id": (Mode.ENFORCE, True),
-    "receiver-vmi": (Mode.ENFORCE, True),
-    "source-vmi": (Mode.ENFORCE, True),
-    "feature-gate": (Mode.ENFORCE, True),
+RULES: dict[Rule, tuple[Mode, bool]] = {
+    Rule.BOTH_ROLES: (Mode.ENFORCE, False),
+    Rule.VMI_NAME: (Mode.ENFORCE, False),
+    Rule.MIGRATION_ID: (Mode.ENFORCE, False),
+    Rule.CONNECT_URL: (Mode.ENFORCE, False),
+    Rule.IMMUTABLE_SPEC: (Mode.ENFORCE, False),
+    Rule.SHAREABLE_DISK: (Mode.ENFORCE, False),
+    Rule.LUN_DISK: (Mode.ENFORCE, False),
+    Rule.FILESYSTEM: (Mode.ENFORCE, False),
+    Rule.PERSISTENT_STATE: (Mode.WARN, False),
+    Rule.RESTORE_RUN_STRATEGY: (Mode.ENFORCE, False),
+    Rule.DUPLICATE_MIGRATION_ID: (Mode.ENFORCE, True),
+    Rule.RECEIVER_VMI: (Mode.ENFORCE, True),
+    Rule.SOURCE_VMI: (Mode.ENFORCE, True),
+    Rule.FEATURE_GATE: (Mode.ENFORCE, True),
+    Rule.LEGACY_RUNNING: (Mode.WARN, True),
 }
+assert set(RULES) == set(Rule), "every Rule needs a default mode"
 CLUSTER_RULES = frozenset(slug for slug, (_, needs) in RULES.items() if needs)
 
 
@@ -56,19 +58,11 @@ class Defaults(BaseModel):
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    rules: dict[str, Mode] = Field(default_factory=dict)
+    rules: dict[Rule, Mode] = Field(default_factory=dict)  # an unknown slug fails validation
     defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
     exempt_namespaces: frozenset[str] = Field(default=frozenset(), alias="exemptNamespaces")
 
-    @field_validator("rules")
-    @classmethod
-    def _known_slugs(cls, rules: dict[str, Mode]) -> dict[str, Mode]:
-        unknown = sorted(set(rules) - set(RULES))
-        if unknown:
-            raise ValueError(f"unknown rule slug(s) {', '.join(unknown)}")
-        return rules
-
-    def mode(self, slug: str) -> Mode:
+    def mode(self, slug: Rule) -> Mode:
         return self.rules.get(slug, RULES[slug][0])
 
 

@@ -11,16 +11,16 @@ Modes (enforce/warn/off) are not decided here: the engine applies the policy.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
     ANNOTATION_RESTORE_RUN_STRATEGY,
     DEV_CONFIG_PATH,
     FEATURE_GATE,
+    KIND_VM,
     RESTORABLE_RUN_STRATEGIES,
     ROLE_FIELD,
     RUN_STRATEGY_WAIT_AS_RECEIVER,
@@ -29,6 +29,7 @@ from dlm_guard.domain import (
     GateState,
     Obj,
     Role,
+    Rule,
     Severity,
     annotations_of,
     feature_gate_state,
@@ -43,10 +44,22 @@ from dlm_guard.domain import (
     vmi_name,
     volume_findings,
 )
-from dlm_guard.store import ObjectStore
+from webhook.grpc_target import target_problem
 
-DEFAULT_SYNCHRONIZATION_PORT = 9185  # KubeVirt CR spec.synchronizationPort default (SPEC.md §1)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClusterView(Protocol):
+    """What the cluster rules read: an ObjectStore, or the engine's view with a VMI fetched
+    live laid over it."""
+
+    def vmi(self, namespace: str, name: str) -> Obj | None: ...
+
+    def vm(self, namespace: str, name: str) -> Obj | None: ...
+
+    def vmims_with_migration_id(self, role: Role, mid: str) -> list[Obj]: ...
+
+    def kubevirt(self) -> Obj | None: ...
 
 
 # --- Paths ----------------------------------------------------------------------------
@@ -86,13 +99,13 @@ def vmim_offline_findings(vmim: Obj) -> list[Finding]:
     findings: list[Finding] = []
     if has_both_roles(vmim):
         findings.append(Finding(
-            "both-roles", "spec",
+            Rule.BOTH_ROLES, "spec",
             "both spec.sendTo and spec.receive are set, and KubeVirt then silently runs an "
             "ordinary in-cluster migration: put sendTo on the source cluster's VMIM and receive "
             "on the target cluster's VMIM"))
     if not vmi_name(vmim):
         findings.append(Finding(
-            "vmi-name", "spec.vmiName",
+            Rule.VMI_NAME, "spec.vmiName",
             "missing: name the VMI to migrate (on the source the running VMI, on the target "
             "the VMI of the WaitAsReceiver VM)"))
     for role in roles_present(vmim):
@@ -113,81 +126,22 @@ def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
         problem = f"must be a string, not {type(value).__name__}"
     else:
         return []
-    return [Finding("migration-id", path, problem)]
+    return [Finding(Rule.MIGRATION_ID, path, problem)]
 
 
 # --- connectURL -------------------------------------------------------------------------
 def connect_url_findings(url: Any) -> list[Finding]:
-    problem = connect_url_problem(url)
+    """What grpc-go would make of connectURL (webhook/grpc_target.py): a target that can never
+    reach a listening synchronization controller is a violation, one that may is advisory."""
+    problem = target_problem(url)
     if problem is None:
         return []
-    return [Finding("connect-url", "spec.sendTo.connectURL", problem)]
-
-
-def connect_url_problem(url: Any) -> str | None:
-    """Why url is not a gRPC dial target KubeVirt can use, or None when it is.
-
-    KubeVirt hands connectURL to grpc.NewClient unchanged (SPEC.md §1): `host:port`,
-    `[ipv6]:port` or `dns:///host:port`, never an http(s) URL.
-    """
-    example = f"e.g. 10.1.2.3:{DEFAULT_SYNCHRONIZATION_PORT}"
-    if not isinstance(url, str) or not url:
-        return ("missing: set host:port of the target cluster's synchronization controller, "
-                f"from status.synchronizationAddresses of the target KubeVirt CR ({example})")
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    if scheme and not url.startswith("dns:///"):
-        if scheme.group(1).lower() in ("http", "https"):
-            return (f"{shown(url)} is an http(s) URL, but KubeVirt dials connectURL with gRPC and "
-                    f"wants host:port without a scheme ({example})")
-        return (f"{shown(url)}: scheme {shown(scheme.group(1))} is not supported; use host:port, "
-                "[ipv6]:port or dns:///host:port")
-    target = url.removeprefix("dns:///")
-    problem = _host_port_problem(target)
-    return f"{shown(url)}: {problem}" if problem else None
-
-
-def _host_port_problem(target: str) -> str | None:
-    if target.startswith("["):
-        host, sep, port = target[1:].partition("]:")
-        if not sep or not _is_ipv6(host):
-            return "expected [ipv6]:port, e.g. [fd00::5]:9185"
-    else:
-        host, sep, port = target.rpartition(":")
-        if not sep:
-            return f"no port: add :{DEFAULT_SYNCHRONIZATION_PORT} (the default synchronizationPort)"
-        if ":" in host:
-            return "an IPv6 address needs brackets, e.g. [fd00::5]:9185"
-        if not _is_host(host):
-            return f"{shown(host)} is not a valid IPv4 address or DNS name"
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        return f"port {shown(port)} is not a number from 1 to 65535"
-    return None
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-def _is_host(host: str) -> bool:
-    if re.fullmatch(r"[0-9.]+", host):  # all digits and dots: must be a real IPv4 address
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return False
-        return True
-    labels = host.removesuffix(".").split(".")
-    return len(host) <= 253 and all(_DNS_LABEL.match(label) for label in labels)
+    return [Finding(Rule.CONNECT_URL, "spec.sendTo.connectURL", problem.message,
+                    problem.severity)]
 
 
 # --- Decentralized VMIM, rules that need cluster state ---------------------------------
-def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ObjectStore) -> list[Finding]:
+def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> list[Finding]:
     """duplicate-migration-id, receiver-vmi, source-vmi, feature-gate and volume rules on the
     named VMI. Only for a VMIM with exactly one role: with both, upstream ignores both."""
     role = migration_role(vmim)
@@ -201,12 +155,14 @@ def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ObjectStore) -> li
         findings.extend(check(vmi, namespace, name))
         if vmi is not None:
             findings.extend(named_vmi_volume_findings(vmi, namespace))
+        if vmi is not None and role is Role.SOURCE:
+            findings.extend(legacy_running_findings(owner_vm(vmi, namespace, cluster)))
     findings.extend(feature_gate_findings(cluster.kubevirt()))
     return findings
 
 
 def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
-                                    cluster: ObjectStore) -> list[Finding]:
+                                    cluster: ClusterView) -> list[Finding]:
     # Upstream looks VMIMs up by migrationID cluster-wide, finished ones included, and takes
     # the first match: a reused ID can silently pair with the wrong VMIM (SPEC.md §1).
     mid = spec_migration_id(vmim, role)
@@ -219,7 +175,7 @@ def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
     if not others:
         return []
     return [Finding(
-        "duplicate-migration-id", field_path("spec", ROLE_FIELD[role], "migrationID"),
+        Rule.DUPLICATE_MIGRATION_ID, field_path("spec", ROLE_FIELD[role], "migrationID"),
         f"{shown(mid)} is already used by the {role.value} VMIM {', '.join(others)}; KubeVirt "
         "matches migrationIDs cluster-wide, finished migrations included, and takes the first "
         "match: choose a new migrationID (and delete the old VMIM if it is finished)")]
@@ -236,7 +192,7 @@ def receiver_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Fi
                    f"runStrategy {RUN_STRATEGY_WAIT_AS_RECEIVER}")
     else:
         return []
-    return [Finding("receiver-vmi", "spec.vmiName", problem)]
+    return [Finding(Rule.RECEIVER_VMI, "spec.vmiName", problem)]
 
 
 def source_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Finding]:
@@ -251,7 +207,34 @@ def source_vmi_findings(vmi: Obj | None, namespace: str, name: str) -> list[Find
                    f"{VMI_PHASE_RUNNING}: start the VM before sending it")
     else:
         return []
-    return [Finding("source-vmi", "spec.vmiName", problem)]
+    return [Finding(Rule.SOURCE_VMI, "spec.vmiName", problem)]
+
+
+def owner_vm(vmi: Obj, namespace: str, cluster: ClusterView) -> Obj | None:
+    """The VirtualMachine that controls a VMI (its controller ownerReference), if cached."""
+    references = get_path(vmi, "metadata", "ownerReferences")
+    for reference in references if isinstance(references, list) else []:
+        if isinstance(reference, Mapping) and reference.get("kind") == KIND_VM \
+                and reference.get("controller") is True:
+            return cluster.vm(namespace, str(reference.get("name") or ""))
+    return None
+
+
+def legacy_running_findings(vm: Obj | None) -> list[Finding]:
+    # After a decentralized migration succeeds, virt-controller sets the source VM's
+    # spec.runStrategy to Halted but leaves spec.running, and KubeVirt's VM admitter rejects
+    # a VM with both: the update fails on every sync (docs/kubevirt-facts.md, "Source VM
+    # after success"). Only running: true takes that path (false maps to Halted).
+    if vm is None or get_path(vm, "spec", "running") is not True:
+        return []
+    where = f"VirtualMachine {namespace_of(vm)}/{name_of(vm)} (owner of the VMI)"
+    return [Finding(Rule.LEGACY_RUNNING, "spec.running", (
+        f"{where} uses the deprecated spec.running; after a successful migration "
+        "virt-controller sets spec.runStrategy to Halted and leaves spec.running, which "
+        "KubeVirt's VM admitter rejects (mutually exclusive), so the source VM cannot be "
+        "updated and keeps failing to sync: before migrating, replace it with "
+        "spec.runStrategy: Always (kubectl patch vm NAME --type merge -p "
+        "'{\"spec\":{\"running\":null,\"runStrategy\":\"Always\"}}')"))]
 
 
 def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
@@ -268,7 +251,7 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     """Deny only when the gate is known to be off; warn when the CR cannot tell."""
     gates = f"{DEV_CONFIG_PATH}.featureGates"
     if kubevirt is None:
-        return [Finding("feature-gate", gates,
+        return [Finding(Rule.FEATURE_GATE, gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
                         f"{FEATURE_GATE} in {gates}")]
     where = f"KubeVirt {namespace_of(kubevirt)}/{name_of(kubevirt)}"
@@ -276,16 +259,16 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     if reading.state is GateState.ON:
         return []
     if reading.state is GateState.UNKNOWN:
-        return [Finding("feature-gate", gates, (
+        return [Finding(Rule.FEATURE_GATE, gates, (
             f"{where}: cannot tell whether {FEATURE_GATE} is on ({reading.reason}); KubeVirt "
             f"itself rejects this VMIM if it is off: list {FEATURE_GATE} in {gates} to be sure"),
             Severity.ADVISORY)]
     disabled = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
     if "disabledFeatureGates" in reading.reason:
-        return [Finding("feature-gate", disabled,
+        return [Finding(Rule.FEATURE_GATE, disabled,
                         f"{where} disables {FEATURE_GATE} ({reading.reason}): remove it from "
                         f"{disabled}")]
-    return [Finding("feature-gate", gates,
+    return [Finding(Rule.FEATURE_GATE, gates,
                     f"{where}: {FEATURE_GATE} is off ({reading.reason}): add {FEATURE_GATE} "
                     f"to {gates}")]
 
@@ -294,7 +277,7 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
 def immutable_spec_findings(new: Obj, old: Obj) -> list[Finding]:
     """One finding per changed field of the spec; metadata and status may change."""
     changed = sorted(set(changed_paths(old.get("spec"), new.get("spec"), ("spec",))))
-    return [Finding("immutable-spec", path,
+    return [Finding(Rule.IMMUTABLE_SPEC, path,
                     "the spec of a decentralized VMIM cannot change after creation (KubeVirt's "
                     "own update admitter forbids it too): delete the VMIMs and create new ones")
             for path in changed]
@@ -337,4 +320,4 @@ def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
                    "spec.runStrategy unvalidated after the migration")
     else:
         return []
-    return [Finding("restore-run-strategy", RESTORE_ANNOTATION_PATH, problem)]
+    return [Finding(Rule.RESTORE_RUN_STRATEGY, RESTORE_ANNOTATION_PATH, problem)]

@@ -25,9 +25,10 @@ from certs.generate import CertError, generate_pair
 from certs.tls import ServingTLS, TLSLoadError, add_sighup_reload, register_expiry_gauge, reload_ctx
 from dlm_guard.logs import setup_logging
 from webhook.engine import Context, random_suffix
+from webhook.live import VmiLookup, confirming_validate
 from webhook.metrics import AdmissionMetrics
 from webhook.policy import CLUSTER_RULES, Policy, PolicyError, load_policy
-from webhook.server import CONTEXT, IN_FLIGHT, ReadyCheck, create_app
+from webhook.server import CONTEXT, IN_FLIGHT, Engine, ReadyCheck, create_app
 
 if TYPE_CHECKING:  # webhook.cache pulls in the kubernetes client: imported on use only
     from webhook.cache import ClusterCache
@@ -124,7 +125,7 @@ def build(args: argparse.Namespace) -> web.Application:
     policy = _load_policy(args.config)
     files = _tls_files(args)
     tls = _serving_tls(files)
-    cache = None if args.offline else _cluster_cache(args.kubeconfig)
+    cache, lookup = (None, None) if args.offline else _cluster_cache(args.kubeconfig)
     metrics = AdmissionMetrics()
     register_expiry_gauge(metrics.registry, tls)
     checks: list[ReadyCheck] = [_cert_check(tls)]
@@ -132,7 +133,8 @@ def build(args: argparse.Namespace) -> web.Application:
         checks.append(cache.not_ready_reason)
     ctx = Context(policy=policy, cluster=cache.store if cache is not None else None,
                   new_id=random_suffix)
-    app = create_app(ctx, metrics=metrics, ready_checks=checks)
+    engine = Engine() if lookup is None else Engine(validate=confirming_validate(lookup))
+    app = create_app(ctx, engine=engine, metrics=metrics, ready_checks=checks)
     app[SERVING_TLS] = tls
     app.cleanup_ctx.append(_reload_ctx(tls, args.cert_reload_interval))
     if cache is None:
@@ -180,7 +182,7 @@ def _serving_tls(files: TLSFiles) -> ServingTLS:
         raise StartupError(str(err)) from None
 
 
-def _cluster_cache(kubeconfig: str | None) -> ClusterCache:
+def _cluster_cache(kubeconfig: str | None) -> tuple[ClusterCache, VmiLookup]:
     # Imported here: the kubernetes client is slow to import and --offline never needs it.
     from webhook.cache import (
         ClusterCache,
@@ -196,7 +198,9 @@ def _cluster_cache(kubeconfig: str | None) -> ClusterCache:
     except ClusterConfigError as err:
         raise StartupError(str(err)) from None
     log.info("watching cluster %s", api_client.configuration.host, extra={"config": config})
-    return ClusterCache(KubeSource(api_client))
+    from webhook.live import KubeVmiLookup
+
+    return ClusterCache(KubeSource(api_client)), KubeVmiLookup(api_client)
 
 
 def _cert_check(tls: ServingTLS) -> ReadyCheck:

@@ -6,7 +6,9 @@ tests build apps with a fake engine or fake readiness checks, and TLS, the clust
 signals stay in `webhook.serve`.
 
 The engine is pure and answers in microseconds from memory, so it runs inline on the event
-loop; an executor hop would cost more than the call.
+loop; an executor hop would cost more than the call. The one exception is a VMI missing
+from the cache: then the validate function returns an awaitable that confirms it with one
+bounded live GET (webhook/live.py), awaited here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +40,7 @@ from webhook.review import (
 
 log = logging.getLogger(__name__)
 
-EngineFn = Callable[[Mapping[str, Any], Context], Decision]
+EngineFn = Callable[[Mapping[str, Any], Context], Decision | Awaitable[Decision]]
 # A readiness check returns why the server is not ready, or None when it is.
 ReadyCheck = Callable[[], str | None]
 
@@ -137,6 +139,8 @@ async def _admit(request: web.Request, endpoint: str, decide: EngineFn) -> web.R
         return web.Response(status=err.status, text=err.reason + "\n")
     try:
         decision = decide(review.request, request.app[CONTEXT])
+        if not isinstance(decision, Decision):  # a live lookup to finish (webhook/live.py)
+            decision = await decision
         payload = encode_answer(review, decision)
     except Exception:  # a rule bug must cost one request, never the server
         log.exception("admission engine failed", extra=_request_fields(review, endpoint))

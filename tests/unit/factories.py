@@ -37,21 +37,33 @@ def domain(*, disks: Iterable[Obj] | None = None, **devices: Any) -> Obj:
             "resources": {"requests": {"memory": "128Mi"}}}
 
 
-def vmi_spec(dom: Obj | None = None) -> Obj:
+def vmi_spec(dom: Obj | None = None, volumes: Iterable[Obj] = ()) -> Obj:
     return {"domain": dom if dom is not None else domain(),
-            "volumes": [{"name": "disk0", "dataVolume": {"name": f"{VM_NAME}-dv"}}]}
+            "volumes": [{"name": "disk0", "dataVolume": {"name": f"{VM_NAME}-dv"}}, *volumes]}
+
+
+# A virtiofs filesystem `fs` and the volume it shares, one per volume source.
+FS = {"name": "fs", "virtiofs": {}}
+PVC_FS_VOLUME = {"name": "fs", "persistentVolumeClaim": {"claimName": "shared-data"}}
+DV_FS_VOLUME = {"name": "fs", "dataVolume": {"name": "shared-dv"}}
+CONFIG_MAP_FS_VOLUME = {"name": "fs", "configMap": {"name": "app-config"}}
 
 
 def vm(*, name: str = VM_NAME, namespace: str | None = NAMESPACE,
        run_strategy: str = "WaitAsReceiver", restore: str | None = "Always",
-       dom: Obj | None = None) -> Obj:
+       dom: Obj | None = None, volumes: Iterable[Obj] = (), running: bool | None = None) -> Obj:
     metadata: Obj = {"name": name}
     if namespace is not None:
         metadata["namespace"] = namespace
     if restore is not None:
         metadata["annotations"] = {"kubevirt.io/restore-run-strategy": restore}
+    spec: Obj = {"template": {"spec": vmi_spec(dom, volumes)}}
+    if running is None:
+        spec["runStrategy"] = run_strategy
+    else:  # the legacy field instead of a run strategy
+        spec["running"] = running
     return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": metadata,
-            "spec": {"runStrategy": run_strategy, "template": {"spec": vmi_spec(dom)}}}
+            "spec": spec}
 
 
 def vmim(*, name: str = "migration", namespace: str = NAMESPACE, vmi: str | None = VM_NAME,
@@ -84,12 +96,17 @@ def target_vmim(*, migration_id: Any = MIGRATION_ID, **kwargs: Any) -> Obj:
 
 
 def vmi(*, name: str = VM_NAME, namespace: str = NAMESPACE, phase: str = "Running",
-        receiver: bool = False, dom: Obj | None = None) -> Obj:
+        receiver: bool = False, dom: Obj | None = None, volumes: Iterable[Obj] = (),
+        owned: bool = True) -> Obj:
     metadata: Obj = {"name": name, "namespace": namespace}
+    if owned:  # a VM's VMI carries the VM (same name) as its controller ownerReference
+        metadata["ownerReferences"] = [{
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": name,
+            "uid": f"uid-{name}", "controller": True, "blockOwnerDeletion": True}]
     if receiver:
         metadata["annotations"] = {"kubevirt.io/create-migration-target": "true"}
     return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": metadata, "spec": vmi_spec(dom), "status": {"phase": phase}}
+            "metadata": metadata, "spec": vmi_spec(dom, volumes), "status": {"phase": phase}}
 
 
 def kubevirt(*, gates: Iterable[str] = ("DecentralizedLiveMigration",),

@@ -9,7 +9,11 @@ from typing import Any
 import jsonpatch
 import pytest
 from factories import (
+    CONFIG_MAP_FS_VOLUME,
+    DV_FS_VOLUME,
+    FS,
     NAMESPACE,
+    PVC_FS_VOLUME,
     cluster,
     context,
     domain,
@@ -24,6 +28,7 @@ from factories import (
     vmim,
 )
 
+from dlm_guard.domain import Rule
 from dlm_guard.store import ObjectStore
 from webhook.engine import evaluate, mutate, mutation_patch, parse_request, validate
 from webhook.policy import CLUSTER_RULES, RULES, Mode
@@ -70,8 +75,9 @@ CASES = [
          request(vm(dom=_dom(disks=[{"name": "d", "shareable": True}]))), request(vm())),
     Case("lun-disk", "spec.template.spec.domain.devices.disks[0].lun",
          request(vm(dom=_dom(disks=[{"name": "d", "lun": {}}]))), request(vm())),
-    Case("filesystem", "spec.template.spec.domain.devices.filesystems",
-         request(vm(dom=_dom(filesystems=[{"name": "fs", "virtiofs": {}}]))), request(vm())),
+    Case("filesystem", "spec.template.spec.domain.devices.filesystems[0]",
+         request(vm(dom=_dom(filesystems=[FS]), volumes=[PVC_FS_VOLUME])),
+         request(vm(dom=_dom(filesystems=[FS]), volumes=[CONFIG_MAP_FS_VOLUME]))),
     Case("persistent-state", "spec.template.spec.domain.devices.tpm.persistent",
          request(vm(dom=_dom(tpm={"persistent": True}))), request(vm(dom=_dom(tpm={})))),
     Case("restore-run-strategy", 'metadata.annotations["kubevirt.io/restore-run-strategy"]',
@@ -85,6 +91,10 @@ CASES = [
     Case("source-vmi", "spec.vmiName",
          request(source_vmim(vmi="not-there")), request(source_vmim()),
          healthy_source_cluster()),
+    Case("legacy-running", "spec.running",
+         request(source_vmim()), request(source_vmim()),
+         cluster(kubevirt(), vmi(), vm(running=True, restore=None)),
+         cluster(kubevirt(), vmi(), vm(run_strategy="Always", restore=None))),
     Case("feature-gate", "spec.configuration.developerConfiguration.featureGates",
          request(source_vmim()), request(source_vmim()),
          cluster(kubevirt(gates=(), version="v1.9.0"), vmi()), healthy_source_cluster()),
@@ -135,12 +145,13 @@ def test_default_modes_come_from_the_rule_table() -> None:
     for case in CASES:
         modes = {r.mode for r in evaluate(case.bad, context({}, case.store)).findings
                  if r.finding.rule == case.slug}
-        assert modes == {RULES[case.slug][0]}, case.slug
+        assert modes == {RULES[Rule(case.slug)][0]}, case.slug
 
 
 # --- all findings at once, modes side by side -----------------------------------------
 BAD_VM = vm(restore="bogus", dom=domain(disks=[{"name": "d", "shareable": True, "lun": {}}],
-                                        filesystems=[{"name": "fs"}], tpm={"persistent": True}))
+                                        filesystems=[FS], tpm={"persistent": True}),
+            volumes=[PVC_FS_VOLUME])
 
 
 def rule_tags(message: str) -> list[str]:
@@ -181,9 +192,9 @@ def test_cluster_vmim_reports_offline_and_cluster_findings_together() -> None:
 
 
 def test_named_vmi_volume_rules_through_the_engine() -> None:
-    store = cluster(kubevirt(), vmi(dom=domain(filesystems=[{"name": "fs"}])))
+    store = cluster(kubevirt(), vmi(dom=domain(filesystems=[FS]), volumes=[DV_FS_VOLUME]))
     decision = validate(request(source_vmim()), context({}, store))
-    assert "[filesystem] spec.domain.devices.filesystems: VirtualMachineInstance vms/db-1" \
+    assert "[filesystem] spec.domain.devices.filesystems[0]: VirtualMachineInstance vms/db-1" \
         in decision.message
 
 
@@ -242,7 +253,8 @@ def test_vm_update_ratchets_on_findings_the_old_object_had() -> None:
     old = vm(dom=domain(disks=[{"name": "a", "lun": {}}]))
     same = {**old, "metadata": {**old["metadata"], "labels": {"touched": "yes"}}}
     assert validate(_update(old, same), context()).allowed
-    worse = vm(dom=domain(disks=[{"name": "a", "lun": {}}], filesystems=[{"name": "fs"}]))
+    worse = vm(dom=domain(disks=[{"name": "a", "lun": {}}], filesystems=[FS]),
+               volumes=[PVC_FS_VOLUME])
     decision = validate(_update(old, worse), context())
     assert rule_tags(decision.message) == ["[filesystem]"]
 

@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 from factories import (
+    CONFIG_MAP_FS_VOLUME,
+    DV_FS_VOLUME,
     FORKLIFT_MIGRATION_ID,
+    FS,
     MIGRATION_ID,
     NAMESPACE,
+    PVC_FS_VOLUME,
     VM_NAME,
     cluster,
     domain,
@@ -42,12 +46,19 @@ def test_field_path_notation(parts: tuple[Any, ...], expected: str) -> None:
 
 
 # --- connect-url ----------------------------------------------------------------------
+# Forms grpc-go v1.79 (what KubeVirt main vendors) dials to a TCP address with a port.
 @pytest.mark.parametrize("url", [
-    "10.1.2.3:9185", "[fd00::5]:9185", "dns:///sync.example.com:9185", "node-1:1",
-    "sync.kubevirt.svc.cluster.local.:65535", "dns:///[fd00::5]:9185", "dns:///10.0.0.1:80",
+    "10.1.2.3:9185", "[fd00::5]:9185", "node-1:1",  # what KubeVirt publishes, and hosts
+    "sync.kubevirt.svc.cluster.local.:65535", "sync-a-ns.kubevirt.svc.clusterset.local:9185",
+    "dns:///sync.example.com:9185", "dns:///[fd00::5]:9185", "dns:///10.0.0.1:80",
+    "dns://10.96.0.10/sync.example.com:9185", "dns://10.96.0.10:53/10.1.2.3:9185",
+    "dns:sync.example.com:9185",  # scheme:opaque: grpc-go takes the opaque part as endpoint
+    "DNS:///sync.example.com:9185",  # url.Parse lowercases the scheme
+    "passthrough:///10.1.2.3:9185", "passthrough:///sync.example.com:9185",
+    "passthrough:10.1.2.3:9185", "passthrough:///[fd00::5]:9185",
 ])
 def test_connect_url_accepts_grpc_dial_targets(url: str) -> None:
-    assert rules.connect_url_problem(url) is None
+    assert rules.connect_url_findings(url) == []
 
 
 @pytest.mark.parametrize(("url", "says"), [
@@ -56,25 +67,58 @@ def test_connect_url_accepts_grpc_dial_targets(url: str) -> None:
     (9185, "missing"),
     ("https://10.1.2.3:9185", "http(s) URL"),
     ("http://sync.example.com:9185", "wants host:port"),
-    ("grpc://10.1.2.3:9185", "scheme 'grpc' is not supported"),
-    ("10.1.2.3", "no port"),
+    ("HTTPS://10.1.2.3:9185", "http(s) URL"),
+    ("grpc://10.1.2.3:9185", "'grpc' is not a gRPC resolver scheme"),
+    ("ipv4:10.1.2.3:9185", "ipv4: is a target scheme of gRPC's C core only"),
+    ("ipv6:[fd00::5]:9185", "ipv6: is a target scheme of gRPC's C core only"),
     ("10.1.2.3:0", "1 to 65535"),
     ("10.1.2.3:65536", "1 to 65535"),
     ("10.1.2.3:http", "1 to 65535"),
     ("10.1.2.3:+80", "1 to 65535"),
     ("10.1.2.3:\u0663", "1 to 65535"),  # a non-ASCII digit
-    (":9185", "not a valid IPv4 address or DNS name"),
+    ("10.1.2.3:", "ends with ':'"),
+    ("[fd00::5]:", "ends with ':'"),
+    (":9185", "no host"),
     ("999.1.1.1:9185", "not a valid IPv4 address or DNS name"),
-    ("bad host:9185", "not a valid IPv4 address or DNS name"),
+    ("bad host:9185", "whitespace"),
+    ("10.1.2.3:9185 ", "whitespace"),
+    ("10.1.2.3:\t9185", "whitespace"),
     ("-leading.dash:9185", "not a valid IPv4 address or DNS name"),
-    ("fd00::5:9185", "needs brackets"),
-    ("[fd00::5]", "[ipv6]:port"),
+    ("fd00::5:9185", "grpc-go reads 'fd00::5:9185' as one address and dials port 443"),
+    ("fd00::5", "needs brackets"),
     ("[not-ipv6]:9185", "[ipv6]:port"),
-    ("dns:///", "no port"),
+    ("[fd00::5]x9185", "[ipv6]:port"),
+    ("dns:///", "no address"),
+    ("dns:///fd00::5:9185", "needs brackets"),
+    ("dns://bad host/10.1.2.3:9185", "whitespace"),
+    ("dns://999.1.1.1/10.1.2.3:9185", "not a valid IPv4 address or DNS name"),
+    ("passthrough:///10.1.2.3", "passthrough hands the address to the dialer"),
+    ("passthrough:///", "no address"),
 ])
-def test_connect_url_explains_what_is_wrong(url: Any, says: str) -> None:
-    problem = rules.connect_url_problem(url)
-    assert problem is not None and says in problem
+def test_connect_url_denies_what_can_never_connect(url: Any, says: str) -> None:
+    [finding] = rules.connect_url_findings(url)
+    assert finding.severity is Severity.VIOLATION
+    assert says in finding.message, finding.message
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("10.1.2.3", "gRPC dials port 443"),
+    ("sync.example.com", "gRPC dials port 443"),
+    ("[fd00::5]", "gRPC dials port 443"),
+    ("dns:///sync.example.com", "gRPC dials port 443"),
+    ("dns://10.96.0.10/10.1.2.3", "gRPC dials port 443"),
+    ("unix:///var/run/sync.sock", "Unix socket"),
+    ("unix:relative.sock", "Unix socket"),
+    ("unix-abstract:sync", "Unix socket"),
+])
+def test_connect_url_that_may_connect_is_only_advisory(url: str, says: str) -> None:
+    [finding] = rules.connect_url_findings(url)
+    assert finding.severity is Severity.ADVISORY and says in finding.message
+
+
+def test_ipv4_scheme_gets_no_ipv6_message() -> None:
+    [finding] = rules.connect_url_findings("ipv4:10.1.2.3:9185")
+    assert "IPv6" not in finding.message and "brackets" not in finding.message
 
 
 def test_connect_url_finding_points_at_the_field() -> None:
@@ -83,9 +127,11 @@ def test_connect_url_finding_points_at_the_field() -> None:
     assert "gRPC" in finding.message and "host:port" in finding.message
 
 
-def test_long_values_are_cut_short_in_messages() -> None:
-    problem = rules.connect_url_problem("https://" + "a" * 5000)
-    assert problem is not None and len(problem) < 300
+@pytest.mark.parametrize("url", ["https://" + "a" * 5000, "a" * 5000 + ":9185",
+                                 "dns:///" + "a." * 3000 + ":1", "[" + "f" * 5000 + "]:1"])
+def test_long_values_are_cut_short_in_messages(url: str) -> None:
+    [finding] = rules.connect_url_findings(url)
+    assert len(finding.message) < 400
 
 
 # --- migration-id, vmi-name, both-roles -----------------------------------------------
@@ -195,6 +241,31 @@ def test_duplicate_forklift_id_found_by_the_id_not_the_label() -> None:
     assert "b/old" in finding.message and "c/decoy" not in finding.message
 
 
+@pytest.mark.parametrize(("source_vm", "owned", "fires"), [
+    (vm(running=True, restore=None), True, True),
+    (vm(running=False, restore=None), True, False),  # false maps to Halted: no update loop
+    (vm(run_strategy="Always", restore=None), True, False),
+    (vm(running=True, restore=None), False, False),  # a VMI without an owner VM
+    (vm(name="someone-else", running=True, restore=None), True, False),  # owner not cached
+])
+def test_legacy_running(source_vm: dict[str, Any], owned: bool, fires: bool) -> None:
+    store = cluster(kubevirt(), vmi(owned=owned), source_vm)
+    found = rules.vmim_cluster_findings(source_vmim(), NAMESPACE, store)
+    assert ("legacy-running" in slugs(found)) is fires
+    if fires:
+        [finding] = found
+        assert finding.path == "spec.running"
+        assert finding.message.startswith(f"VirtualMachine {NAMESPACE}/{VM_NAME} (owner")
+        assert "spec.runStrategy: Always" in finding.message
+
+
+def test_legacy_running_only_on_the_source_side() -> None:
+    store = cluster(kubevirt(), vmi(receiver=True, phase="WaitingForSync"),
+                    vm(running=True, restore=None))
+    assert "legacy-running" not in slugs(rules.vmim_cluster_findings(target_vmim(), NAMESPACE,
+                                                                     store))
+
+
 def test_named_vmi_volume_findings_name_the_vmi() -> None:
     bad = vmi(dom=domain(disks=[{"name": "d0", "disk": {}}, {"name": "d1", "lun": {}}]))
     [finding] = rules.vmim_cluster_findings(source_vmim(), NAMESPACE, cluster(kubevirt(), bad))
@@ -271,8 +342,6 @@ def test_changed_paths(old_spec: Any, new_spec: Any, paths: list[str]) -> None:
      "spec.template.spec.domain.devices.disks[1].shareable"),
     (domain(disks=[{"name": "a"}, {"name": "b"}, {"name": "c", "lun": {}}]), "lun-disk",
      "spec.template.spec.domain.devices.disks[2].lun"),
-    (domain(filesystems=[{"name": "fs", "virtiofs": {}}]), "filesystem",
-     "spec.template.spec.domain.devices.filesystems"),
     (domain(tpm={"persistent": True}), "persistent-state",
      "spec.template.spec.domain.devices.tpm.persistent"),
     ({**domain(), "firmware": {"bootloader": {"efi": {"persistent": True}}}},
@@ -281,6 +350,33 @@ def test_changed_paths(old_spec: Any, new_spec: Any, paths: list[str]) -> None:
 def test_vm_volume_rules(dom: dict[str, Any], slug: str, path: str) -> None:
     [finding] = rules.wait_as_receiver_vm_findings(vm(dom=dom))
     assert (finding.rule, finding.path) == (slug, path)
+
+
+@pytest.mark.parametrize("volume", [PVC_FS_VOLUME, DV_FS_VOLUME])
+def test_filesystem_sharing_a_pvc_or_data_volume_is_denied(volume: dict[str, Any]) -> None:
+    other = {"name": "cfg", "virtiofs": {}}
+    dom = domain(filesystems=[other, FS])
+    [finding] = rules.wait_as_receiver_vm_findings(vm(dom=dom, volumes=[volume]))
+    assert (finding.rule, finding.path) == (
+        "filesystem", "spec.template.spec.domain.devices.filesystems[1]")
+    source = next(key for key in volume if key != "name")
+    assert f"'fs' shares a {source} volume" in finding.message
+    assert "cannot be live-migrated across clusters" not in finding.message
+
+
+@pytest.mark.parametrize("volume", [
+    CONFIG_MAP_FS_VOLUME,
+    {"name": "fs", "secret": {"secretName": "app-secret"}},
+    {"name": "fs", "serviceAccount": {"serviceAccountName": "default"}},
+    {"name": "fs", "downwardAPI": {"fields": []}},
+    {"name": "other", "persistentVolumeClaim": {"claimName": "x"}},  # not the shared volume
+])
+def test_filesystem_sharing_what_virt_handler_allows_is_not_a_finding(
+        volume: dict[str, Any]) -> None:
+    # pkg/virt-handler/vm.go checkVolumesForMigration: a volume shared with virtiofs that is
+    # not a PVC, DataVolume or hostDisk does not block migration (since v1.5.0).
+    assert rules.wait_as_receiver_vm_findings(vm(dom=domain(filesystems=[FS]),
+                                                 volumes=[volume])) == []
 
 
 @pytest.mark.parametrize("dom", [
@@ -308,7 +404,7 @@ def test_restore_run_strategy_rejects(value: str | None, says: str) -> None:
 
 def test_vm_findings_come_all_at_once() -> None:
     dom = domain(disks=[{"name": "a", "shareable": True, "lun": {}}],
-                 filesystems=[{"name": "fs"}], tpm={"persistent": True})
-    found = rules.wait_as_receiver_vm_findings(vm(dom=dom, restore=None))
+                 filesystems=[FS], tpm={"persistent": True})
+    found = rules.wait_as_receiver_vm_findings(vm(dom=dom, restore=None, volumes=[PVC_FS_VOLUME]))
     assert slugs(found) == ["shareable-disk", "lun-disk", "filesystem", "persistent-state",
                             "restore-run-strategy"]
