@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dlm_guard.domain import (
     ANNOTATION_RESTORE_RUN_STRATEGY,
+    PVC_VOLUME_SOURCES,
     RESTORABLE_RUN_STRATEGIES,
     RUN_STRATEGY_WAIT_AS_RECEIVER,
 )
@@ -62,12 +63,29 @@ def lun_disk(p: str) -> str:
 
 
 def filesystem(p: str) -> str:
-    """domain.volume_findings: any `devices.filesystems` entry."""
-    return (f"variables.{p}Domain.?devices.?filesystems.orValue([]).size() > 0 ? ["
-            + finding("filesystem", lit(BASE + ".devices.filesystems"),
-                      lit("filesystem devices (virtiofs) cannot be live-migrated across "
-                          "clusters: remove devices.filesystems before migrating"))
-            + "] : []")
+    """domain._filesystem_findings: a filesystem whose volume (by name; the last of that name,
+    as in _volumes_by_name) is a PVC or a DataVolume."""
+    source = f"variables.{p}FilesystemSources[i]"
+    name = f"string(variables.{p}Filesystems[i].?name.orValue(''))"
+    message = (f"'filesystem ' + {shown(name)} + ' shares a ' + {source} + "
+               + lit(" volume over virtiofs; decentralized live migration copies disks, not "
+                     "virtiofs shares, so its data would not reach the target: attach the PVC as "
+                     "a disk, or copy its data another way (virtiofs shares of ConfigMaps, "
+                     "Secrets, ServiceAccount and DownwardAPI volumes migrate)"))
+    return (f"variables.{p}FilesystemSources.transformList(i, source, source != '', "
+            + finding("filesystem", f"{lit(BASE + '.devices.filesystems[')} + string(i) + ']'",
+                      message)
+            + ")")
+
+
+def filesystem_sources(p: str) -> str:
+    """For each filesystem: the PVC volume source it shares (PVC_VOLUME_SOURCES order), or ''."""
+    same = (f"variables.{p}Volumes.filter(v, string(v.?name.orValue('')) == "
+            f"string(f.?name.orValue('')))")
+    last = f"{same}[{same}.size() - 1]"
+    pick = " : ".join(f"{last}.?{key}.orValue(null) != null ? {lit(key)}"
+                      for key in PVC_VOLUME_SOURCES)
+    return f"variables.{p}Filesystems.map(f, {same}.size() == 0 ? '' : {pick} : '')"
 
 
 _PERSISTENT_ADVICE = ("persistent VM state needs domain.firmware.uuid equal on both VMs, and is "
@@ -125,6 +143,10 @@ def _root_variables(prefix: str, root: str) -> list[Manifest]:
         variable(f"{prefix}Domain", f"{root}.?spec.?template.?spec.?domain.orValue({{}})"),
         variable(f"{prefix}Disks", f"variables.{prefix}Domain.?devices.?disks.orValue([])"),
         variable(f"{prefix}Annotations", f"{root}.metadata.?annotations.orValue({{}})"),
+        variable(f"{prefix}Filesystems",
+                 f"variables.{prefix}Domain.?devices.?filesystems.orValue([])"),
+        variable(f"{prefix}Volumes", f"{root}.?spec.?template.?spec.?volumes.orValue([])"),
+        variable(f"{prefix}FilesystemSources", filesystem_sources(prefix)),
     ]
 
 

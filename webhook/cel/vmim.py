@@ -18,6 +18,7 @@ from webhook.cel.cel import (
     path_segment,
     variable,
 )
+from webhook.cel.grpc_target import connect_url_variables
 
 
 def decentralized(root: str) -> str:
@@ -64,14 +65,20 @@ def migration_id() -> str:
     return f"({_migration_id('sendTo')}) + ({_migration_id('receive')})"
 
 
-def connect_url() -> str:
-    """rules.connect_url_findings."""
-    return ("variables.creating && ('sendTo' in variables.spec) && variables.connectURL == '' ? ["
-            + finding("connect-url", "'spec.sendTo.connectURL'",
-                      lit("missing: set host:port of the target cluster's synchronization "
-                          "controller, from status.synchronizationAddresses of the target "
-                          "KubeVirt CR (e.g. 10.1.2.3:9185)"))
+def _connect_url(severity: str) -> str:
+    """rules.connect_url_findings, the violations ('V') or the advisories ('A')."""
+    return (f"variables.creating && ('sendTo' in variables.spec) && "
+            f"variables.urlProblem.size() > 0 && variables.urlProblem[1] == '{severity}' ? ["
+            + finding("connect-url", "'spec.sendTo.connectURL'", "variables.urlProblem[0]")
             + "] : []")
+
+
+def connect_url() -> str:
+    return _connect_url("V")
+
+
+def connect_url_advisory() -> str:
+    return _connect_url("A")
 
 
 def _union_keys(old: str, new: str) -> str:
@@ -101,7 +108,7 @@ RULES = (
     (RuleCel("both-roles", "bothRoles"), both_roles),
     (RuleCel("vmi-name", "vmiName"), vmi_name),
     (RuleCel("migration-id", "migrationId"), migration_id),
-    (RuleCel("connect-url", "connectUrl"), connect_url),
+    (RuleCel("connect-url", "connectUrl", advisory="connectUrlAdvisory"), connect_url),
     (RuleCel("immutable-spec", "immutableSpec"), immutable_spec),
 )
 
@@ -116,8 +123,10 @@ def _variables() -> tuple[Manifest, ...]:
                  "variables.sendTo == null ? '' : variables.sendTo.?connectURL.orValue('')"),
         variable("newSpec", "object.?spec.orValue(null)"),
         variable("oldSpec", "oldObject == null ? null : oldObject.?spec.orValue(null)"),
+        *connect_url_variables(),
     ]
-    return (*views, *(variable(rule.variable, expression()) for rule, expression in RULES))
+    rules = [variable(rule.variable, expression()) for rule, expression in RULES]
+    return (*views, *rules, variable("connectUrlAdvisory", connect_url_advisory()))
 
 
 VMIM_KIND = PolicyKind(
