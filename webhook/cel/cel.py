@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlm_guard.domain import Rule
+
 Manifest = dict[str, Any]
 
 
@@ -51,7 +53,7 @@ class RuleCel:
     `advisory` holds findings of Severity.ADVISORY: they warn under `enforce` and `warn`
     (webhook.engine.mode_for), so they always go into the warn policy."""
 
-    slug: str
+    slug: Rule
     variable: str
     advisory: str | None = None
 
@@ -73,8 +75,8 @@ class PolicyKind:
                 "operations": list(self.operations),
                 "matchConditions": [dict(c) for c in self.match_conditions],
                 "variables": [dict(v) for v in self.variables],
-                "rules": [{"slug": r.slug, "variable": r.variable, "advisory": r.advisory or ""}
-                          for r in self.rules]}
+                "rules": [{"slug": r.slug.value, "variable": r.variable,
+                           "advisory": r.advisory or ""} for r in self.rules]}
 
 
 def variable(name: str, expression: str) -> Manifest:

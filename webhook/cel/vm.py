@@ -15,6 +15,7 @@ from dlm_guard.domain import (
     PVC_VOLUME_SOURCES,
     RESTORABLE_RUN_STRATEGIES,
     RUN_STRATEGY_WAIT_AS_RECEIVER,
+    Rule,
 )
 from webhook.cel.cel import (
     Manifest,
@@ -125,11 +126,11 @@ def restore_run_strategy(p: str) -> str:
 
 
 RULES = (
-    (RuleCel("shareable-disk", "shareableDisk"), shareable_disk),
-    (RuleCel("lun-disk", "lunDisk"), lun_disk),
-    (RuleCel("filesystem", "filesystem"), filesystem),
-    (RuleCel("persistent-state", "persistentState"), persistent_state),
-    (RuleCel("restore-run-strategy", "restoreRunStrategy"), restore_run_strategy),
+    (RuleCel(Rule.SHAREABLE_DISK, "shareableDisk"), shareable_disk),
+    (RuleCel(Rule.LUN_DISK, "lunDisk"), lun_disk),
+    (RuleCel(Rule.FILESYSTEM, "filesystem"), filesystem),
+    (RuleCel(Rule.PERSISTENT_STATE, "persistentState"), persistent_state),
+    (RuleCel(Rule.RESTORE_RUN_STRATEGY, "restoreRunStrategy"), restore_run_strategy),
 )
 
 

@@ -8,6 +8,7 @@ stay in the webhook. Each expression names the Python function it mirrors: chang
 
 from __future__ import annotations
 
+from dlm_guard.domain import Rule
 from webhook.cel.cel import (
     Manifest,
     PolicyKind,
@@ -105,11 +106,11 @@ def immutable_spec() -> str:
 
 
 RULES = (
-    (RuleCel("both-roles", "bothRoles"), both_roles),
-    (RuleCel("vmi-name", "vmiName"), vmi_name),
-    (RuleCel("migration-id", "migrationId"), migration_id),
-    (RuleCel("connect-url", "connectUrl", advisory="connectUrlAdvisory"), connect_url),
-    (RuleCel("immutable-spec", "immutableSpec"), immutable_spec),
+    (RuleCel(Rule.BOTH_ROLES, "bothRoles"), both_roles),
+    (RuleCel(Rule.VMI_NAME, "vmiName"), vmi_name),
+    (RuleCel(Rule.MIGRATION_ID, "migrationId"), migration_id),
+    (RuleCel(Rule.CONNECT_URL, "connectUrl", advisory="connectUrlAdvisory"), connect_url),
+    (RuleCel(Rule.IMMUTABLE_SPEC, "immutableSpec"), immutable_spec),
 )
 
 
