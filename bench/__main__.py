@@ -8,6 +8,7 @@
   variants    proposed hot-path changes (bench/variants.py), each measured in a server
   apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
   reconciler  reconciler scale on harness clusters
+  modes       VM create latency per admission mode: none, webhook, hybrid, cel, Go floor
   profile     dlm-guard serve under pyinstrument with the load (not part of all; needs it)
 
 Run the real thing on a quiet machine: the figures are only as good as the machine is idle.
@@ -27,7 +28,7 @@ from typing import Any
 
 from bench import report
 
-PARTS = ("micro", "webhook", "variants", "apiserver", "reconciler")
+PARTS = ("micro", "webhook", "variants", "apiserver", "reconciler", "modes")
 QUIET_LOAD = 1.5
 
 
@@ -59,6 +60,11 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
             return apiserver.run(apiserver.Settings(objects=6, warmup=1, kubectl_sample=1,
                                                     blocks=1))
         return apiserver.run(apiserver.Settings(objects=args.objects))
+    if part == "modes":
+        from bench import modes
+        if smoke:
+            return modes.run(modes.Settings(objects=4, warmup=1, rounds=1))
+        return modes.run(modes.Settings(objects=args.objects))
     from bench import reconcile
     if smoke:
         return reconcile.run(reconcile.Settings(vmims=40, vms=20, namespaces=2, peers=2,
