@@ -143,8 +143,9 @@ def vms(draw: st.DrawFn) -> Obj:
     if filesystems is not None or draw(st.booleans()):
         devices["filesystems"] = filesystems
     template_spec["volumes"] = [*template_spec["volumes"], *(volumes or [])]
-    tpm = draw(st.fixed_dictionaries({}, optional={
-        "persistent": st.sampled_from([True, False] * 6 + [None]), "enabled": st.booleans()}))
+    tpm_fields: dict[str, st.SearchStrategy[Any]] = {
+        "persistent": st.sampled_from([True, False] * 6 + [None]), "enabled": st.booleans()}
+    tpm = draw(st.fixed_dictionaries({}, optional=tpm_fields))
     if tpm or draw(st.booleans()):
         devices["tpm"] = tpm
     efi = draw(st.sampled_from([None, {}, {"persistent": True}, {"persistent": False},
