@@ -146,7 +146,8 @@ def vms(draw: st.DrawFn) -> Obj:
     tpm_fields: dict[str, st.SearchStrategy[Any]] = {
         "persistent": st.sampled_from([True, False] * 6 + [None]), "enabled": st.booleans()}
     tpm = draw(st.fixed_dictionaries({}, optional=tpm_fields))
-    if tpm or draw(st.booleans()):
+    empty_tpm_too = draw(st.booleans())
+    if tpm or empty_tpm_too:
         devices["tpm"] = tpm
     efi = draw(st.sampled_from([None, {}, {"persistent": True}, {"persistent": False},
                                 {"persistent": True, "secureBoot": False}]))
