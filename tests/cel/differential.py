@@ -48,7 +48,7 @@ class Outcome:
 
     @property
     def verdict(self) -> str:
-        if self.status != 201:
+        if self.status not in (200, 201):
             return "DENY" if self.status == 403 else f"HTTP {self.status}"
         return "WARN" if self.warned else "ALLOW"
 
@@ -113,13 +113,18 @@ class DryRunner:
         self.limit = asyncio.Semaphore(CONCURRENCY)
         self.ssl = cluster.ssl_context()  # one context: the session then reuses connections
 
-    async def write(self, obj: Obj, namespace: str, *, update: bool = False
+    async def write(self, obj: Obj, namespace: str, *, over: Obj | None = None
                     ) -> tuple[int, Obj, list[str]]:
+        """A dry-run create, or with `over` (the stored object) a dry-run update of it."""
         plural = PLURALS[obj["kind"]]
         path = f"/apis/kubevirt.io/v1/namespaces/{namespace}/{plural}"
-        if update:
-            path += f"/{obj['metadata']['name']}"
-        body = {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": namespace}}
+        metadata = {**(obj.get("metadata") or {}), "namespace": namespace}
+        if over is not None:
+            path += f"/{over['metadata']['name']}"
+            metadata |= {"name": over["metadata"]["name"],
+                         "resourceVersion": over["metadata"]["resourceVersion"]}
+        body = {**obj, "metadata": metadata}
+        update = over is not None
         async with self.limit, self.session.request(
                 "PUT" if update else "POST", self.cluster.server + path, json=body,
                 params={"dryRun": "All", "fieldValidation": "Ignore"},
@@ -131,8 +136,8 @@ class DryRunner:
 def apiserver_outcome(status: int, answer: Obj, warnings: Sequence[str]) -> Outcome:
     warned = frozenset().union(*(findings_in(t) for t in _warning_texts(warnings)
                                  if "ValidatingAdmissionPolicy" in t))
-    if status == 201:
-        return Outcome(201, frozenset(), warned, answer["metadata"].get("annotations"))
+    if status in (200, 201):
+        return Outcome(status, frozenset(), warned, answer["metadata"].get("annotations"))
     message = str(answer.get("message", ""))
     denied = findings_in(message) if "ValidatingAdmissionPolicy" in message else frozenset()
     return Outcome(status, denied, warned)
@@ -176,4 +181,38 @@ async def compare(runner: DryRunner, corpus: Sequence[Decoded], *, guarded: str,
             report.mismatches.append(Mismatch(item.obj, want, got, item.decoded))
 
     await asyncio.gather(*(one(item) for item in corpus))
+    return report
+
+
+@dataclass(frozen=True)
+class Update:
+    """A stored object (in the control and the guarded namespace) and its new version."""
+
+    control_old: Obj
+    guarded_old: Obj
+    new: Obj
+
+
+async def compare_updates(runner: DryRunner, updates: Sequence[Update], *, control: str,
+                          guarded: str, policy: Policy) -> Report:
+    """Dry-run updates: engine (UPDATE, the decoded new object, the stored old one) vs API."""
+    report = Report()
+
+    async def one(update: Update) -> None:
+        status, decoded, _ = await runner.write(update.new, control, over=update.control_old)
+        got = apiserver_outcome(*await runner.write(update.new, guarded, over=update.guarded_old))
+        if status != 200:
+            report.schema_invalid += 1
+            if got.status != status:
+                report.mismatches.append(Mismatch(update.new, Outcome(status), got, None))
+            return
+        want = engine_outcome(decoded, guarded, policy, "UPDATE", update.control_old)
+        want = Outcome(200 if want.status == 201 else want.status, want.denied, want.warned,
+                       want.annotations)
+        report.compared += 1
+        report.verdicts[want.verdict] = report.verdicts.get(want.verdict, 0) + 1
+        if want != got:
+            report.mismatches.append(Mismatch(update.new, want, got, decoded))
+
+    await asyncio.gather(*(one(update) for update in updates))
     return report
