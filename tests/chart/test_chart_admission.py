@@ -40,9 +40,9 @@ def test_the_parts_file_is_generated_from_webhook_cel() -> None:
 @pytest.mark.parametrize(("mode", "entries", "policies"), [
     ("webhook", ["vm.mutate.dlm-guard.io", "vm.validate.dlm-guard.io",
                  "vmim.mutate.dlm-guard.io", "vmim.validate.dlm-guard.io"], 0),
-    ("hybrid", ["vmim.mutate.dlm-guard.io", "vmim.validate.dlm-guard.io"], 8),
-    ("cel", [], 8),
-    ("auto", ["vmim.mutate.dlm-guard.io", "vmim.validate.dlm-guard.io"], 8),
+    ("hybrid", ["vmim.mutate.dlm-guard.io", "vmim.validate.dlm-guard.io"], 10),
+    ("cel", [], 10),
+    ("auto", ["vmim.mutate.dlm-guard.io", "vmim.validate.dlm-guard.io"], 10),
 ])
 def test_modes(helm: Path, mode: str, entries: list[str], policies: int) -> None:
     docs = rendered_with(helm, V1, f"admission.mode={mode}")
