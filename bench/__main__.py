@@ -7,6 +7,7 @@
   webhook     webhook throughput/latency vs the bare aiohttp and rules-off baselines
   variants    proposed hot-path changes (bench/variants.py), each measured in a server
   apiserver   VM create latency through a real kube-apiserver, with vs without webhooks
+  livelookup  the validating webhook's cache-miss path (one live VMI GET) on a real API server
   reconciler  reconciler scale on harness clusters
   modes       VM create latency per admission mode: none, webhook, hybrid, cel, Go floor
   profile     dlm-guard serve under pyinstrument with the load (not part of all; needs it)
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench import report
 
-PARTS = ("micro", "webhook", "variants", "apiserver", "reconciler", "modes")
+PARTS = ("micro", "webhook", "variants", "apiserver", "livelookup", "reconciler", "modes")
 QUIET_LOAD = 1.5
 
 
@@ -65,6 +66,11 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
         if smoke:
             return modes.run(modes.Settings(objects=4, warmup=1, rounds=1))
         return modes.run(modes.Settings(objects=args.objects))
+    if part == "livelookup":
+        from bench import livelookup
+        if smoke:
+            return livelookup.run(livelookup.Settings(calls=5, warmup=1))
+        return livelookup.run(livelookup.Settings(calls=args.lookups))
     from bench import reconcile
     if smoke:
         return reconcile.run(reconcile.Settings(vmims=40, vms=20, namespaces=2, peers=2,
@@ -99,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
                          help="per open-loop round (3 rounds)")
         sub.add_argument("--latency-fraction", type=float, default=0.5)
         sub.add_argument("--objects", type=int, default=300, help="VMs per phase (apiserver)")
+        sub.add_argument("--lookups", type=int, default=300,
+                         help="calls per case (livelookup)")
         sub.add_argument("--vmims", type=int, default=5000)
         sub.add_argument("--vms", type=int, default=2000)
         sub.add_argument("--namespaces", type=int, default=50)

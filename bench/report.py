@@ -52,6 +52,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
         found += _variant_rows(results["variants"])
     if "apiserver" in results:
         found += _apiserver_rows(results["apiserver"])
+    if "livelookup" in results:
+        found += _livelookup_rows(results["livelookup"])
     if "reconciler" in results:
         found += _reconciler_rows(results["reconciler"])
     if "modes" in results:
@@ -69,6 +71,20 @@ def _modes_rows(modes: dict[str, Any]) -> list[Row]:
                                ("webhook / go-floor", "webhook/go-floor p50", 1.1)):
         found.append((f"{label}, p50", f"{ratios[key]}", f"<= {target}",
                       _verdict(ratios[key] <= target)))
+    return found
+
+
+LIVE_CASES = (("hit", "VMI cached (no API call)"), ("miss_found", "cache miss, GET finds it"),
+              ("miss_absent", "cache miss, GET 404: denied"),
+              ("miss_unreachable", "cache miss, API unreachable: warning"))
+
+
+def _livelookup_rows(live: dict[str, Any]) -> list[Row]:
+    found: list[Row] = []
+    for key, label in LIVE_CASES:
+        case = live["cases"][key]
+        found.append((f"validate receive VMIM, {label} (n={case['count']})",
+                      f"p50 {case['p50_ms']} / p99 {case['p99_ms']} ms", "", ""))
     return found
 
 

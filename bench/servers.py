@@ -46,7 +46,7 @@ def tls_pair(directory: Path) -> PairPaths:
 
 
 def write_rules_off_policy(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({"rules": dict.fromkeys(RULES, "off")}))
+    path.write_text(yaml.safe_dump({"rules": {slug.value: "off" for slug in RULES}}))
     return path
 
 

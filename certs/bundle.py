@@ -1,6 +1,7 @@
 """Strict PEM CA-bundle handling for the reconciler's CA sync (pure: the clock is passed in).
 
-KubeVirt facts this follows (SPEC.md §1): virt-operator keeps only certificates valid *now*,
+KubeVirt facts this follows (docs/kubevirt-facts.md, "CA bundles"): virt-operator keeps only
+certificates valid *now*,
 drops duplicates by SHA-256, keeps at most 50 in `kubevirt-ca`, and ignores the **whole**
 `kubevirt-external-ca` inbox if any PEM in it fails to parse. So what we write must be
 well-formed CERTIFICATE blocks and nothing else: every other block (a private key above all),

@@ -45,7 +45,8 @@ from controlplane.webhooks import (
 SOURCE, TARGET = "source", "target"
 KUBEVIRT_NS = "kubevirt"
 VM = "example-decentralized-lm-vm"
-# What the target's synchronization controller would publish (SPEC.md §1: pod IP + port 9185).
+# What the target's synchronization controller would publish (docs/kubevirt-facts.md, "connectURL":
+# pod IP + port 9185).
 SYNC_ADDRESS = "10.244.1.17:9185"
 ID_LABEL, ROLE_LABEL = "dlm-guard.io/migration-id", "dlm-guard.io/role"
 READY_LINE = "demo ready"

@@ -1,6 +1,6 @@
 """What a test control plane's certificates look like; certs.generate makes them.
 
-certs/ is the one package that knows X.509 (issue 4): this module only picks names, groups,
+certs/ is the one package that knows X.509: this module only picks names, groups,
 SANs and lifetimes for a throwaway cluster, and writes the files kube-apiserver reads.
 """
 

@@ -1,8 +1,8 @@
 """KubeVirt decentralized-live-migration facts shared by the webhook and the reconciler.
 
 Everything here is pure: views over plain Kubernetes object dicts (as decoded from JSON),
-the keys we read and write, and the volume checks. Upstream facts are cited from
-../shared/SPEC.md (KubeVirt main of 2026-08, v1.6 to v1.9).
+the keys we read and write, and the volume checks. The upstream facts behind them are in
+docs/kubevirt-facts.md (KubeVirt main d923fdb815 and v1.6 to v1.9, Forklift, grpc-go).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ EXTERNAL_CA_CONFIGMAP = "kubevirt-external-ca"
 CA_BUNDLE_KEY = "ca-bundle"
 MAX_CERTIFICATES_IN_BUNDLE = 50  # maxCertificatesInBundle in virt-operator
 
-# --- Migration phases (SPEC.md §4) ----------------------------------------------------
+# --- Migration phases (docs/kubevirt-facts.md, "Phases and failure") ------------------
 PHASE_SUCCEEDED = "Succeeded"
 PHASE_FAILED = "Failed"
 FINAL_PHASES = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
@@ -145,7 +145,8 @@ def migration_role(vmim: Obj) -> Role | None:
     """The role of a decentralized VMIM, None for an ordinary one.
 
     Upstream's IsDecentralized() needs exactly one of sendTo/receive; with both set the VMIM
-    silently turns into an ordinary migration (SPEC.md §1). We still report `both-roles`, so
+    silently turns into an ordinary migration (docs/kubevirt-facts.md). We still report
+    `both-roles`, so
     callers check has_both_roles() first.
     """
     spec = vmim.get("spec")
@@ -239,13 +240,17 @@ class GateState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GateReading:
-    """The gate's state and why, naming the list or the version string it was read from."""
+    """The gate's state and why, naming the list or the version string it was read from;
+    `path` is the KubeVirt CR field that decided it."""
 
     state: GateState
     reason: str
+    path: str = ""
 
 
 DEV_CONFIG_PATH = "spec.configuration.developerConfiguration"
+GATES_PATH = f"{DEV_CONFIG_PATH}.featureGates"
+DISABLED_GATES_PATH = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
 VERSION_PATH = "status.observedKubeVirtVersion"
 # A release tag (`v1.7.2`) or release candidate (`v1.9.0-rc.1`), nothing else: `git describe`
 # strings of other builds (`v1.9.0-beta.0-1264-gd923fdb815`), `latest` and alpha/beta tags say
@@ -276,32 +281,33 @@ def feature_gate_state(kubevirt: Obj) -> GateReading:
     """
     dev = get_path(kubevirt, "spec", "configuration", "developerConfiguration")
     if _gate_listed(dev, "featureGates"):
-        return GateReading(GateState.ON, f"listed in {DEV_CONFIG_PATH}.featureGates")
+        return GateReading(GateState.ON, f"listed in {GATES_PATH}", GATES_PATH)
     if _gate_listed(dev, "disabledFeatureGates"):
-        return GateReading(GateState.OFF, f"listed in {DEV_CONFIG_PATH}.disabledFeatureGates")
+        return GateReading(GateState.OFF, f"listed in {DISABLED_GATES_PATH}", DISABLED_GATES_PATH)
     return _gate_default(get_path(kubevirt, "status", "observedKubeVirtVersion"))
 
 
 def _gate_default(version: Any) -> GateReading:
     if not isinstance(version, str) or not version:
-        return GateReading(GateState.UNKNOWN, f"{VERSION_PATH} is not set")
+        return GateReading(GateState.UNKNOWN, f"{VERSION_PATH} is not set", VERSION_PATH)
     line = release_line(version)
     shown_version = repr(version[:80])
     if line in GATE_ALPHA_LINES:
         return GateReading(GateState.OFF, (
             f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} "
-            f"{shown_version} is a release where {FEATURE_GATE} is Alpha (off unless listed)"))
+            f"{shown_version} is a release where {FEATURE_GATE} is Alpha (off unless listed)"),
+            VERSION_PATH)
     if line is not None and line < GATE_FIRST_LINE:
         return GateReading(GateState.OFF, (
             f"{VERSION_PATH} {shown_version} is older than v1.6.0, the first release with "
-            f"{FEATURE_GATE}"))
+            f"{FEATURE_GATE}"), VERSION_PATH)
     return GateReading(GateState.UNKNOWN, (
         f"not listed in {DEV_CONFIG_PATH}.featureGates, and {VERSION_PATH} {shown_version} is "
         f"not a release whose default for {FEATURE_GATE} dlm-guard knows (Alpha in v1.6 to "
-        "v1.9, Beta on main since June 2026)"))
+        "v1.9, Beta on main since June 2026)"), VERSION_PATH)
 
 
-# --- Volume checks (SPEC.md §3) -------------------------------------------------------
+# --- Volume checks (docs/kubevirt-facts.md, "Filesystems") ---------------------------
 class Severity(StrEnum):
     """How far a finding can go: the policy's mode applies to a violation; an advisory is at
     most a warning, even under `enforce` (what dlm-guard cannot know for sure never denies)."""

@@ -1,7 +1,8 @@
 """An in-memory copy of the cluster objects the rules and the reconciler read.
 
-The webhook feeds it from watches (never an API call on the admission path); the reconciler
-fills one per cluster per pass; tests build one by hand. Readers get plain dicts.
+The webhook feeds it from watches (the admission path's only API call is webhook/live.py's
+live GET of a VMI missing here); the reconciler fills one per cluster per pass; tests build one
+by hand. Readers get plain dicts.
 """
 
 from __future__ import annotations

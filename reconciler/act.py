@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "dlm-guard-reconciler"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dlm-guard"}
 MAX_ATTEMPTS = 4
-# The only kinds GC may ever delete (issue 5: never anything but a decentralized VMIM or a
+# The only kinds GC may ever delete (never anything but a decentralized VMIM or a
 # WaitAsReceiver VM); checked here again so a bad decision cannot widen the blast radius.
 DELETABLE_KINDS = (KIND_VMIM, KIND_VM)
 

@@ -1,6 +1,6 @@
 """Which clusters the reconciler knows, which it may write to, and an API client for each.
 
-Two ways to name clusters (issue 5):
+Two ways to name clusters:
 - flags: `--cluster NAME=KUBECONFIG[,context=CTX][,namespace=NS]` (repeatable) and `--manage NAME`;
 - in a pod with no `--cluster`: the local cluster `local` (in-cluster config, managed) plus one
   peer per Secret in the pod's namespace labelled `dlm-guard.io/peer`, read again on every pass,

@@ -1,7 +1,8 @@
 """Gather: one snapshot per cluster per pass, from list calls only (no GET per object).
 
 A snapshot holds the VMIMs, VMs and VMIs (cluster-wide, into an ObjectStore) and the two CA
-ConfigMaps of the cluster's KubeVirt namespace (SPEC.md §1); a CA snapshot only the ConfigMaps
+ConfigMaps of the cluster's KubeVirt namespace (docs/kubevirt-facts.md, "CA bundles"); a CA
+snapshot only the ConfigMaps
 (what a CA-trust-only pass needs: two small lists per cluster, whatever the number of objects).
 A cluster that cannot be read gives None: its peers still get reconciled, and None is never taken
 as evidence that objects are absent.

@@ -1,4 +1,4 @@
-"""Migration clean-up: which VMIMs and target VMs to delete (issue 5, "Migration clean-up").
+"""Migration clean-up: which VMIMs and target VMs to delete.
 
 Pure decisions over per-cluster snapshots: no I/O, the clock is passed in. The caller keeps
 a GcMemory between passes (what this process has observed over time) and deletes what
@@ -9,9 +9,10 @@ Rules, in precedence order; a VMIM gets at most one reason:
 1. failed-target: a `receive` VMIM that failed (phase Failed, or its VMI reports
    status.migrationState.failed for it, v1.7+) longer than `grace` -> delete the VMIM, and its
    target VM when that VM is still WaitAsReceiver, its VMI is not Running and nothing else
-   uses it. Deleting both is the documented manual retry step (SPEC.md §4).
+   uses it. Deleting both is the documented manual retry step (docs/kubevirt-facts.md, "Phases and
+   failure").
 2. failed-source: a `sendTo` VMIM in phase Failed longer than `grace` -> delete the VMIM only;
-   the source VM and VMI are never touched (virt-controller already set the VM Halted, §4).
+   the source VM and VMI are never touched (virt-controller already set the VM Halted).
 3. orphan: a non-final, non-failed VMIM whose peer (the other role, same migrationID, any
    known cluster and namespace) is being deleted, or has been missing continuously for
    `orphan_ttl` (only `grace` when we saw the peer before: it was deleted). Decided only while
@@ -27,7 +28,7 @@ A failed VMIM is only ever handled by rules 1-2, so its grace also protects it f
   using it would skip the grace.
 - failure reported by the VMI only: status.migrationState.endTimestamp of that VMI.
 - WaitingForSync/Synchronizing: the phase's transition timestamp, else creationTimestamp
-  (these are the first phases after "", SPEC.md §4, so creation is when the wait began).
+  (these are the first phases after "", docs/kubevirt-facts.md, so creation is when the wait began).
 - otherwise: when this process first saw the VMIM in that state (GcMemory). After a restart,
   or with `--once`, that is "now": memory-based clocks restart, which only delays clean-up.
 A peer's absence is only ever measured from memory (continuous observation); neither
@@ -159,7 +160,8 @@ def phase_since(vmim: Obj, phase: str) -> datetime | None:
 
 
 def _vmi_failure(item: _Item) -> Obj | None:
-    """The target VMI when it reports this migration failed (v1.7+, SPEC.md §4).
+    """The target VMI when it reports this migration failed (v1.7+, docs/kubevirt-facts.md, "Phases
+    and failure").
 
     A VMI remembers its last migration: when migrationState.migrationUid names another
     VMIM, the failure belongs to an earlier attempt and must not condemn this one.
@@ -199,7 +201,8 @@ def is_failed_state(state: str) -> bool:
 def _items(clusters: Mapping[str, ObjectStore | None]) -> list[_Item]:
     """Decentralized VMIMs of reachable clusters, in a deterministic order.
 
-    A VMIM with both sendTo and receive is an ordinary migration upstream (SPEC.md §1):
+    A VMIM with both sendTo and receive is an ordinary migration upstream (docs/kubevirt-facts.md,
+    "Decentralized VMIMs"):
     migration_role() is None for it, so it is never ours to delete.
     """
     items = []
@@ -215,7 +218,8 @@ def _items(clusters: Mapping[str, ObjectStore | None]) -> list[_Item]:
 
 
 def peer_of(item: _Item, clusters: Mapping[str, ObjectStore | None]) -> Peer:
-    """Where the other side is; upstream pairs by migrationID cluster-wide (SPEC.md §1)."""
+    """Where the other side is; upstream pairs by migrationID cluster-wide (docs/kubevirt-facts.md,
+    "migrationID")."""
     mid = migration_id(item.obj)
     if not mid or any(store is None for store in clusters.values()):
         return Peer.UNKNOWN
@@ -304,7 +308,8 @@ def _target_vm_deletion(item: _Item, memory: GcMemory, detail: str) -> Deletion 
     """The target VM of a failed receive VMIM, when deleting it is safe.
 
     The VM has the VMI's name in the VMIM's namespace (KubeVirt VM->VMI naming). Only a VM
-    still WaitAsReceiver (a succeeded one took its restore strategy, SPEC.md §1), whose VMI
+    still WaitAsReceiver (a succeeded one took its restore strategy, docs/kubevirt-facts.md), whose
+    VMI
     is not Running, and that no other VMIM still uses.
     """
     namespace, name = namespace_of(item.obj), vmi_name(item.obj)
@@ -339,7 +344,8 @@ def _vm_in_use(item: _Item, memory: GcMemory) -> bool:
 
 def _orphan(item: _Item, peer: Peer, memory: GcMemory, now: datetime,
             settings: GcSettings) -> Deletion | None:
-    """Rule 3: cancel a VMIM whose peer was deleted or never showed up (SPEC.md §4 cancel)."""
+    """Rule 3: cancel a VMIM whose peer was deleted or never showed up (docs/kubevirt-facts.md,
+    "Phases and failure")."""
     if peer is Peer.TERMINATING:
         return _vmim_deletion(item, REASON_ORPHAN, "peer migration is being deleted")
     if peer is not Peer.MISSING or item.key not in memory.peer_missing_since:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dlm_guard.domain import DEFAULT_KUBEVIRT_NAMESPACE
 
-# The in-pod default cluster name (issue 5: "the local cluster is `local`").
+# The in-pod default cluster name ("the local cluster is `local`").
 LOCAL_CLUSTER = "local"
 # Where a pod finds its own namespace (the service-account volume Kubernetes mounts).
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -72,7 +72,8 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     api_timeout: timedelta = timedelta(seconds=10)
     max_certificates: int = 50
-    # Copy only each peer's current CA, not the CAs it trusts from its own peers (SPEC.md §5).
+    # Copy only each peer's current CA, not the CAs it trusts from its own peers
+    # (docs/kubevirt-facts.md, "CA bundles").
     trust_own_ca_only: bool = False
 
     @property
@@ -80,7 +81,7 @@ class Settings(BaseModel):
         return not self.clusters
 
     def managed_clusters(self) -> frozenset[str]:
-        """In a pod with no --manage, the local cluster is the one we write to (issue 5)."""
+        """In a pod with no --manage, the local cluster is the one we write to."""
         if self.in_pod and not self.managed:
             return frozenset({LOCAL_CLUSTER})
         return self.managed

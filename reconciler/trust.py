@@ -1,6 +1,7 @@
 """Decide the CA trust sync (pure: snapshots and a clock in, the writes wanted out).
 
-KubeVirt facts (SPEC.md §1): each cluster trusts the PEM bundle of its `kubevirt-ca` ConfigMap
+KubeVirt facts (docs/kubevirt-facts.md, "CA bundles"): each cluster trusts the PEM bundle of its
+`kubevirt-ca` ConfigMap
 (key `ca-bundle`, at most 50 certificates). `kubevirt-external-ca` is an inbox: virt-operator keeps
 the certificates valid now, dedupes them by SHA-256, merges them into `kubevirt-ca` and resets the
 inbox to "" (the whole inbox is ignored if any PEM in it fails to parse). It can also drop merged
@@ -16,8 +17,9 @@ its CAs cannot be told apart by content. Only their order tells: virt-operator a
 CA it currently signs with first, then older and merged external CAs (upstream `MergeCABundle`,
 pkg/virt-operator/resource/generate/components/secrets.go: `append(current, newBundle...)`).
 
-So copying every valid CA of a peer also trusts the peer's own peers, named to us or not (SPEC.md
-§5). `own_ca_only` narrows the copy to each peer's current CA. Its price: a peer's previous CA is
+So copying every valid CA of a peer also trusts the peer's own peers, named to us or not
+(docs/kubevirt-facts.md, "CA bundles"). `own_ca_only` narrows the copy to each peer's current CA.
+Its price: a peer's previous CA is
 not re-added once our virt-operator has dropped it, so right after the peer rotates, until its
 components carry leaf certificates from the new CA (virt-operator re-issues them at once), a
 migration with it can fail TLS.

@@ -1,8 +1,9 @@
 """Cluster state for the webhook: list+watch KubeVirt objects into an ObjectStore.
 
-Admission requests never call the API server (DESIGN.md): rules read the store, which one
-background thread per kind keeps current. The official kubernetes client is synchronous, so
-its calls live in those threads and never touch the event loop.
+Rules read the store, which one background thread per kind keeps current; the one API call on
+the admission path is webhook/live.py's bounded GET of a VMI the store lacks (DESIGN.md).
+The official kubernetes client is synchronous, so its calls live in those threads and never
+touch the event loop.
 
 Layers, so the logic is testable without a cluster:
 - `apply_event`: pure-ish (store writes only): one watch event into the store.

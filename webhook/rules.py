@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from dlm_guard.domain import (
     ANNOTATION_CREATE_MIGRATION_TARGET,
     ANNOTATION_RESTORE_RUN_STRATEGY,
-    DEV_CONFIG_PATH,
+    DISABLED_GATES_PATH,
     FEATURE_GATE,
+    GATES_PATH,
     KIND_VM,
     RESTORABLE_RUN_STRATEGIES,
     ROLE_FIELD,
@@ -142,8 +143,9 @@ def connect_url_findings(url: Any) -> list[Finding]:
 
 # --- Decentralized VMIM, rules that need cluster state ---------------------------------
 def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> list[Finding]:
-    """duplicate-migration-id, receiver-vmi, source-vmi, feature-gate and volume rules on the
-    named VMI. Only for a VMIM with exactly one role: with both, upstream ignores both."""
+    """duplicate-migration-id, receiver-vmi, source-vmi, legacy-running, feature-gate and the
+    volume rules on the named VMI. Only for a VMIM with exactly one role: with both, upstream
+    ignores both."""
     role = migration_role(vmim)
     if role is None:
         return []
@@ -164,7 +166,7 @@ def vmim_cluster_findings(vmim: Obj, namespace: str, cluster: ClusterView) -> li
 def duplicate_migration_id_findings(vmim: Obj, role: Role, namespace: str,
                                     cluster: ClusterView) -> list[Finding]:
     # Upstream looks VMIMs up by migrationID cluster-wide, finished ones included, and takes
-    # the first match: a reused ID can silently pair with the wrong VMIM (SPEC.md §1).
+    # the first match: a reused ID can silently pair with the wrong VMIM (docs/kubevirt-facts.md).
     mid = spec_migration_id(vmim, role)
     if not mid:
         return []
@@ -249,7 +251,7 @@ def named_vmi_volume_findings(vmi: Obj, namespace: str) -> list[Finding]:
 
 def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
     """Deny only when the gate is known to be off; warn when the CR cannot tell."""
-    gates = f"{DEV_CONFIG_PATH}.featureGates"
+    gates = GATES_PATH
     if kubevirt is None:
         return [Finding(Rule.FEATURE_GATE, gates,
                         f"no KubeVirt CR found in this cluster: install KubeVirt and list "
@@ -263,11 +265,10 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
             f"{where}: cannot tell whether {FEATURE_GATE} is on ({reading.reason}); KubeVirt "
             f"itself rejects this VMIM if it is off: list {FEATURE_GATE} in {gates} to be sure"),
             Severity.ADVISORY)]
-    disabled = f"{DEV_CONFIG_PATH}.disabledFeatureGates"
-    if "disabledFeatureGates" in reading.reason:
-        return [Finding(Rule.FEATURE_GATE, disabled,
+    if reading.path == DISABLED_GATES_PATH:
+        return [Finding(Rule.FEATURE_GATE, DISABLED_GATES_PATH,
                         f"{where} disables {FEATURE_GATE} ({reading.reason}): remove it from "
-                        f"{disabled}")]
+                        f"{DISABLED_GATES_PATH}")]
     return [Finding(Rule.FEATURE_GATE, gates,
                     f"{where}: {FEATURE_GATE} is off ({reading.reason}): add {FEATURE_GATE} "
                     f"to {gates}")]
@@ -307,7 +308,8 @@ def wait_as_receiver_vm_findings(vm: Obj) -> list[Finding]:
 
 def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
     # virt-controller copies this annotation into spec.runStrategy after a successful
-    # migration without validating it; missing, the VM stays WaitAsReceiver (SPEC.md §1).
+    # migration without validating it; missing, the VM stays WaitAsReceiver
+    # (docs/kubevirt-facts.md).
     allowed = ", ".join(RESTORABLE_RUN_STRATEGIES)
     annotations = annotations_of(vm)
     if ANNOTATION_RESTORE_RUN_STRATEGY not in annotations:

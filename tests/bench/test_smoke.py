@@ -106,3 +106,11 @@ def test_apiserver_and_reconciler_smoke(tmp_path: Path, binaries) -> None:  # no
     assert positive(service["service_peak_rss_mib"])
     assert rec["requests_growth_beyond_paging"] <= 0  # a count, not a timing
     assert positive(service["variant"]["rotation_median_seconds_to_both"])
+
+
+@pytest.mark.e2e
+def test_livelookup_smoke(tmp_path: Path, binaries) -> None:  # noqa: F811
+    live = smoke("livelookup", tmp_path / "smoke.json")["livelookup"]
+    assert set(live["cases"]) == {"hit", "miss_found", "miss_absent", "miss_unreachable"}
+    for case in live["cases"].values():
+        assert case["count"] == 5 and 0 < case["p50_ms"] <= case["max_ms"]

@@ -127,6 +127,12 @@ def add_filesystem(spec: dict[str, Any]) -> None:
     _add_volume(spec, "fs0")
 
 
+def add_config_map_filesystem(spec: dict[str, Any]) -> None:
+    """A virtiofs share of a ConfigMap: migrates since KubeVirt v1.5 (docs/kubevirt-facts.md)."""
+    spec["domain"]["devices"]["filesystems"] = [{"name": "config", "virtiofs": {}}]
+    spec["volumes"].append({"name": "config", "configMap": {"name": "app-config"}})
+
+
 def add_persistent_efi(spec: dict[str, Any]) -> None:
     spec["domain"]["firmware"] = {"bootloader": {"efi": {"persistent": True}}}
 
@@ -201,6 +207,22 @@ def new_namespace(cluster: Cluster, prefix: str, labels: dict[str, str] | None =
 def set_gate(cluster: Cluster, on: bool) -> None:
     kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", "-",
             input=json.dumps(kubevirt_cr(on)))
+
+
+def set_kubevirt_version(cluster: Cluster, version: str | None) -> None:
+    """What virt-operator writes to the KubeVirt CR's status (the status subresource)."""
+    status = {"status": {"observedKubeVirtVersion": version}}
+    kubectl(cluster, "patch", "kubevirt", "kubevirt", "-n", KUBEVIRT_NAMESPACE,
+            "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+def create_together(cluster: Cluster, namespace: str, *objects: dict[str, Any]
+                    ) -> subprocess.CompletedProcess[str]:
+    """One `kubectl create` for several objects: created one after the other within
+    milliseconds, faster than a watch delivers the first to the webhook's cache."""
+    items = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+    return kubectl(cluster, "create", "-n", namespace, "-f", "-", input=json.dumps(items),
+                   check=False)
 
 
 # --- waiting for the webhook's cache --------------------------------------------------

@@ -7,6 +7,7 @@ Every test works in namespaces of its own (labelled for the shared registration)
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from e2e_support import (
     VM_NAME,
     Guarded,
     accepted,
+    add_config_map_filesystem,
     add_filesystem,
     add_lun_disk,
     add_persistent_efi,
@@ -30,6 +32,7 @@ from e2e_support import (
     get,
     new_namespace,
     set_gate,
+    set_kubevirt_version,
     target_vm,
     vmi,
     vmim,
@@ -70,6 +73,13 @@ def test_target_vm_with_an_unsupported_device_is_rejected(
     assert result.returncode != 0
     assert DENIED in result.stderr and expected in result.stderr
     assert get(cluster, ns, "vm", VM_NAME) is None
+
+
+def test_target_vm_sharing_a_config_map_over_virtiofs_is_accepted(
+        cluster: Cluster, ns: str) -> None:
+    result = apply(cluster, ns, target_vm(device=add_config_map_filesystem))
+    assert accepted(result), result.stderr
+    assert "[filesystem]" not in result.stderr
 
 
 def test_clean_target_vm_is_accepted_unchanged(cluster: Cluster, ns: str) -> None:
@@ -166,6 +176,7 @@ def test_a_migration_id_used_in_another_namespace_is_rejected_until_that_vmim_is
 def gate_restored(cluster: Cluster) -> Iterator[None]:
     yield
     set_gate(cluster, on=True)  # the KubeVirt CR is cluster-wide: other tests need it on
+    set_kubevirt_version(cluster, None)
 
 
 def test_feature_gate_off_rejects_until_it_is_turned_on(
@@ -173,10 +184,32 @@ def test_feature_gate_off_rejects_until_it_is_turned_on(
     apply(cluster, ns, vmi())
     target = vmim(TARGET_VMIM, "target", unique_id(ns))
     set_gate(cluster, on=False)
+    set_kubevirt_version(cluster, "v1.8.2")  # a release where the gate is Alpha
     result = apply_once_settled(cluster, ns, target, denied_by("feature-gate"))
-    assert "KubeVirt kubevirt/kubevirt does not list DecentralizedLiveMigration" in result.stderr
+    assert "KubeVirt kubevirt/kubevirt: DecentralizedLiveMigration is off" in result.stderr
+    assert "'v1.8.2' is a release where" in result.stderr
     set_gate(cluster, on=True)
     assert accepted(apply_once_settled(cluster, ns, target, accepted))
+
+
+# virt-operator's default version string, and `git describe` of a main build (d923fdb815),
+# where the gate is already Beta: dlm-guard cannot tell, so it admits with a warning.
+@pytest.mark.parametrize("version", ["latest", "v1.9.0-beta.0-1264-gd923fdb815"])
+def test_a_kubevirt_version_that_cannot_tell_admits_with_a_warning(
+        cluster: Cluster, ns: str, gate_restored: None, version: str) -> None:
+    apply(cluster, ns, vmi())
+    target = vmim(TARGET_VMIM, "target", unique_id(ns))
+    set_gate(cluster, on=False)
+    set_kubevirt_version(cluster, version)
+    warned = "cannot tell whether DecentralizedLiveMigration is on"
+
+    def settled(result: subprocess.CompletedProcess[str]) -> bool:
+        return accepted(result) and warned in result.stderr and repr(version) in result.stderr
+
+    result = apply_once_settled(cluster, ns, target, settled)
+    assert settled(result), result.stderr
+    assert "Warning: [feature-gate] " in result.stderr
+    assert get(cluster, ns, "vmim", "target") is not None
 
 
 # --- UPDATE ----------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def vm(name: str = "vm1", *, ns: str = "ns", run_strategy: str | None = "WaitAsR
 def vmi(name: str = "vm1", *, ns: str = "ns", phase: str = "WaitingForSync",
         failed: bool = False, migration_uid: str | None = None,
         end_ago: timedelta | None = None) -> dict[str, Any]:
-    """A VMI; failed=True writes status.migrationState.failed as v1.7+ does (SPEC.md §4)."""
+    """A VMI; failed=True writes status.migrationState.failed as v1.7+ does
+    (docs/kubevirt-facts.md)."""
     status: dict[str, Any] = {"phase": phase}
     if failed:
         state: dict[str, Any] = {"failed": True, "completed": True}

@@ -1,4 +1,4 @@
-"""Tables for the migration clean-up decisions (reconciler/gc.py, issue 5).
+"""Tables for the migration clean-up decisions (reconciler/gc.py).
 
 Each case is a set of cluster snapshots at a fixed clock NOW, optionally preceded by earlier
 passes (`history`) that feed GcMemory, and the exact deletions expected. Clusters: "src"

@@ -1,7 +1,7 @@
 """The reconciler against two real local clusters (etcd + kube-apiserver from the harness).
 
 Nothing runs KubeVirt here: the tests play virt-operator (merging the inbox into kubevirt-ca)
-and virt-controller (writing VMIM status) by hand, exactly as SPEC.md §1 and §4 describe.
+and virt-controller (writing VMIM status) by hand, as docs/kubevirt-facts.md describes.
 The tests share one pair of clusters and run in order; the last one stops a peer's apiserver.
 """
 
@@ -363,7 +363,7 @@ def vmim(name: str, role: str, mid: str, vmi: str) -> dict[str, Any]:
 
 
 def failed_status(at: datetime) -> dict[str, Any]:
-    """The status virt-controller leaves on a failed migration (SPEC.md §4)."""
+    """The status virt-controller leaves on a failed migration (docs/kubevirt-facts.md)."""
     stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"phase": "Failed", "phaseTransitionTimestamps": [
         {"phase": "Pending", "phaseTransitionTimestamp": stamp},

@@ -213,7 +213,8 @@ def test_a_rotated_peer_ca_is_synced_again():
 
 
 def test_merged_external_ca_dropped_by_kubevirt_is_pushed_again():
-    # SPEC.md §1: MergeCABundle can drop merged external CAs long before they expire.
+    # docs/kubevirt-facts.md, "CA bundles": MergeCABundle can drop merged external CAs long before
+    # they expire.
     plan = decide(snap("a", pem(ca("a")), inbox=""), snap("b", pem(ca("b"))), managed={"a"})
     assert by_cluster(plan)["a"].write is not None
 
@@ -352,7 +353,8 @@ POOL = [("p0", -3, 1), ("p1", -1, 6), ("p2", -9, -1), ("p3", 2, 9), ("p4", 0, 3)
 
 
 def merge_like_virt_operator(own: str, inbox: str) -> str:
-    """SPEC.md §1: keep certs valid now, dedupe by SHA-256, merge into kubevirt-ca."""
+    """docs/kubevirt-facts.md, "CA bundles": keep certs valid now, dedupe by SHA-256, merge into
+    kubevirt-ca."""
     merged = valid_at(parse_bundle(own + inbox).certificates, NOW)
     return to_pem(merged)
 

@@ -104,3 +104,14 @@ def test_a_very_long_version_is_cut_in_the_reason() -> None:
     ("v1.9.0-beta.0", None), ("v1.9.0-22-g390cf886c3", None), ("latest", None)])
 def test_release_line(version: str, line: tuple[int, int] | None) -> None:
     assert release_line(version) == line
+
+
+@pytest.mark.parametrize(("cr", "path"), [
+    (kubevirt(gates=[GATE]), "spec.configuration.developerConfiguration.featureGates"),
+    (kubevirt(disabled=[GATE]), "spec.configuration.developerConfiguration.disabledFeatureGates"),
+    (kubevirt(version="v1.7.2"), "status.observedKubeVirtVersion"),
+    (kubevirt(version="latest"), "status.observedKubeVirtVersion"),
+    (kubevirt(), "status.observedKubeVirtVersion"),
+])
+def test_the_reading_names_the_field_that_decided(cr: dict[str, Any], path: str) -> None:
+    assert feature_gate_state(cr).path == path
