@@ -119,10 +119,9 @@ class DryRunner:
         plural = PLURALS[obj["kind"]]
         path = f"/apis/kubevirt.io/v1/namespaces/{namespace}/{plural}"
         metadata = {**(obj.get("metadata") or {}), "namespace": namespace}
-        if over is not None:
+        if over is not None:  # the stored object's identity, whatever `obj` was copied from
             path += f"/{over['metadata']['name']}"
-            metadata |= {"name": over["metadata"]["name"],
-                         "resourceVersion": over["metadata"]["resourceVersion"]}
+            metadata |= {key: over["metadata"][key] for key in ("name", "uid", "resourceVersion")}
         body = {**obj, "metadata": metadata}
         update = over is not None
         async with self.limit, self.session.request(

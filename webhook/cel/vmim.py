@@ -82,19 +82,26 @@ def connect_url_advisory() -> str:
     return _connect_url("A")
 
 
-def _union_keys(old: str, new: str) -> str:
-    return f"({old}.map(k, k) + {new}.filter(k, !(k in {old})))"
+def _union_keys(old: str, new: str, var: str) -> str:
+    """The keys of old, then those only new has (`var`: the comprehension variable, which
+    must not shadow one the maps are indexed with)."""
+    return f"({old}.map({var}, {var}) + {new}.filter({var}, !({var} in {old})))"
+
+
+def _get(mapping: str, key: str) -> str:
+    """Python's mapping.get(key): the value, or null when the key is absent."""
+    return f"({key} in {mapping} ? {mapping}[{key}] : null)"
 
 
 def immutable_spec() -> str:
     """rules.immutable_spec_findings / changed_paths, two levels deep: the VMIM schema has no
     deeper spec field (sendTo/receive hold strings, addedNodeSelector a string map)."""
     old, new = "variables.oldSpec", "variables.newSpec"
-    a, b = f"{old}[?k].orValue(null)", f"{new}[?k].orValue(null)"
-    sub = (f"{_union_keys(f'{old}[k]', f'{new}[k]')}.filter(s, {old}[k][?s].orValue(null) != "
-           f"{new}[k][?s].orValue(null)).map(s, 'spec' + {path_segment('k')} + "
-           f"{path_segment('s')})")
-    paths = (f"{_union_keys(old, new)}.filter(k, {a} != {b}).map(k, "
+    a, b = _get(old, "k"), _get(new, "k")
+    sub = (f"{_union_keys(f'{old}[k]', f'{new}[k]', 's')}.filter(s, "
+           f"{_get(f'{old}[k]', 's')} != {_get(f'{new}[k]', 's')}).map(s, 'spec' + "
+           f"{path_segment('k')} + {path_segment('s')})")
+    paths = (f"{_union_keys(old, new, 'k')}.filter(k, {a} != {b}).map(k, "
              f"type({a}) == map && type({b}) == map ? {sub} : ['spec' + {path_segment('k')}])"
              ".flatten()")
     message = lit("the spec of a decentralized VMIM cannot change after creation (KubeVirt's "
