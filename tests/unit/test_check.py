@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from factories import EXAMPLES, context, domain, source_vmim, target_vmim, vm
+from factories import EXAMPLES, FORKLIFT_MIGRATION_ID, context, domain, source_vmim, target_vmim, vm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +91,18 @@ def test_text_output_indents_findings_under_the_object(tmp_path: Path, capsys: C
 def test_warnings_alone_exit_zero(tmp_path: Path, capsys: Capture) -> None:
     path = write(tmp_path, "w.yaml", vm(dom=domain(tpm={"persistent": True})))
     assert main([str(path)]) == 0
+
+
+def test_an_advisory_finding_warns_under_enforce_and_a_forklift_id_passes(
+        tmp_path: Path, capsys: Capture) -> None:
+    no_port = source_vmim(name="s", connect_url="sync.example.com",
+                          migration_id=FORKLIFT_MIGRATION_ID)
+    path = write(tmp_path, "s.yaml", no_port)
+    assert main([str(path), "--output", "text"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "WARN VirtualMachineInstanceMigration vms/s"
+    assert "warn: [connect-url] spec.sendTo.connectURL: 'sync.example.com': no port" in out
+    assert "[migration-id]" not in out
 
 
 def test_generated_migration_id_shows_in_the_patch(tmp_path: Path, capsys: Capture) -> None:
