@@ -43,8 +43,8 @@ GO_MODULE = Path(__file__).resolve().parent / "gofloor"
 @dataclass(frozen=True)
 class Settings:
     objects: int = 300  # VMs per phase, over all rounds
-    warmup: int = 10  # per phase and round, not timed
-    rounds: int = 3
+    warmup: int = 5  # per phase and round, not timed
+    rounds: int = 10  # short rounds: load drift on a shared machine spreads over every phase
 
 
 def build_go_floor(out: Path) -> Path:
