@@ -60,20 +60,25 @@ def build_go_floor(out: Path) -> Path:
 ADMISSION_STEP = "apiserver_admission_step_admission_duration_seconds"
 
 
-def admission_seconds(cluster: Cluster) -> tuple[float, float]:
-    """(seconds, observations) of kube-apiserver's own admission-step histogram for creates
-    so far, both steps (admit = mutating, validate) summed: what admission cost inside the API
-    server, without the client and the network. The histogram has no resource label
-    (k8s.io/apiserver pkg/admission/metrics/metrics.go): read it around the VM creates only."""
-    total = count = 0.0
+STEPS = ("admit", "validate")  # the mutating and the validating step
+
+
+def admission_seconds(cluster: Cluster) -> dict[str, float]:
+    """Seconds spent so far in each admission step of creates, and how many creates, from
+    kube-apiserver's own histogram: admission cost inside the API server, without the client
+    and the network. It has no resource label (k8s.io/apiserver pkg/admission/metrics/
+    metrics.go), so it is read around the VM creates only."""
+    found = dict.fromkeys((*STEPS, "creates"), 0.0)
     for line in cluster.get("/metrics", timeout=10).decode().splitlines():
         if not line.startswith(ADMISSION_STEP) or 'operation="CREATE"' not in line:
             continue
-        if line.startswith(ADMISSION_STEP + "_sum{"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(ADMISSION_STEP + "_count{") and 'type="validate"' in line:
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
+        value = float(line.rsplit(" ", 1)[1])
+        for step in STEPS:
+            if f'type="{step}"' in line and line.startswith(ADMISSION_STEP + "_sum{"):
+                found[step] += value
+        if line.startswith(ADMISSION_STEP + "_count{") and 'type="validate"' in line:
+            found["creates"] += value
+    return found
 
 
 def hits(server: Server) -> int:
@@ -172,7 +177,8 @@ def _measure(cluster: Cluster, api: k8s.ApiClient, workdir: Path,
     phases = Phases(cluster, api, dlm, floor, ca_pem)
     latencies: dict[str, list[float]] = {phase: [] for phase in PHASES}
     patched: dict[str, int] = dict.fromkeys(PHASES, 0)
-    inside: dict[str, list[float]] = {phase: [0.0, 0.0] for phase in PHASES}
+    inside: dict[str, dict[str, float]] = {
+        phase: dict.fromkeys((*STEPS, "creates"), 0.0) for phase in PHASES}
     per_round = max(1, settings.objects // settings.rounds)
     try:
         for round_index in range(settings.rounds):
@@ -184,8 +190,8 @@ def _measure(cluster: Cluster, api: k8s.ApiClient, workdir: Path,
                 before = admission_seconds(cluster)
                 times, count = create_series(phases.custom, prefix, per_round)
                 after = admission_seconds(cluster)
-                inside[phase][0] += after[0] - before[0]
-                inside[phase][1] += after[1] - before[1]
+                for key in inside[phase]:
+                    inside[phase][key] += after[key] - before[key]
                 latencies[phase].extend(times)
                 patched[phase] += count
                 phases.remove(phase)
@@ -194,8 +200,8 @@ def _measure(cluster: Cluster, api: k8s.ApiClient, workdir: Path,
         floor.stop()
     result = report(cluster, settings, latencies, patched)
     result["admission_ms_per_create_inside_apiserver"] = {
-        phase: round(1000 * seconds / count, 3) if count else None
-        for phase, (seconds, count) in inside.items()}
+        phase: {step: round(1000 * sums[step] / sums["creates"], 3) for step in STEPS}
+        for phase, sums in inside.items() if sums["creates"]}
     return result
 
 

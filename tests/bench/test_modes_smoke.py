@@ -19,4 +19,6 @@ def test_modes_smoke(tmp_path: Path, binaries) -> None:  # noqa: F811
         assert summary["count"] == 4 and positive(summary["p50_ms"])
     assert all(positive(ratio) for ratio in modes["ratios"].values())
     assert modes["apiserver"].startswith("v1.36")
-    assert all(positive(ms) for ms in modes["admission_ms_per_create_inside_apiserver"].values())
+    inside = modes["admission_ms_per_create_inside_apiserver"]
+    assert set(inside) == set(PHASES)
+    assert all(positive(ms) for steps in inside.values() for ms in steps.values())
