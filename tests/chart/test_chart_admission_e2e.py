@@ -31,7 +31,7 @@ def cluster(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with start_clusters(1, tmp_path_factory.mktemp("chart-admission"), names=["admission"],
                         binaries=binaries) as started:
         install_crds(started[0])
-        for name in (NAMESPACE, VMS):
+        for name in (NAMESPACE, VMS, "kubevirt"):  # the reconciler's Role lives there
             kubectl(started[0], "create", "namespace", name)
         yield started[0]
 
