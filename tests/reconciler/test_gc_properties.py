@@ -122,8 +122,8 @@ def _mid(o: Obj) -> str | None:
     field = {"source": "sendTo", "target": "receive"}.get(_role(o) or "")
     if field is None:
         return None
-    return (_get(o, "metadata", "labels", "dlm-guard.io/migration-id")
-            or _get(o, "spec", field, "migrationID") or None)
+    # Upstream pairs by the spec's migrationID; our label (maybe a hash of it) never pairs.
+    return _get(o, "spec", field, "migrationID") or None
 
 
 def _time(value: Any) -> datetime | None:
