@@ -11,6 +11,7 @@
   reconciler  reconciler scale on harness clusters
   cache       the watch cache at scale: webhook and reconciler over 10,000 VMs + 10,000 VMIs
               + 5,000 VMIMs in one harness cluster (bench/cache.py)
+  modes       VM create latency per admission mode: none, webhook, hybrid, cel, Go floor
   profile     dlm-guard serve under pyinstrument with the load (not part of all; needs it)
 
 Run the real thing on a quiet machine: the figures are only as good as the machine is idle.
@@ -30,7 +31,8 @@ from typing import Any
 
 from bench import report
 
-PARTS = ("micro", "webhook", "variants", "apiserver", "livelookup", "reconciler", "cache")
+PARTS = ("micro", "webhook", "variants", "apiserver", "livelookup", "reconciler", "cache",
+         "modes")
 QUIET_LOAD = 1.5
 
 
@@ -62,6 +64,11 @@ def run_part(part: str, smoke: bool, args: argparse.Namespace) -> dict[str, Any]
             return apiserver.run(apiserver.Settings(objects=6, warmup=1, kubectl_sample=1,
                                                     blocks=1))
         return apiserver.run(apiserver.Settings(objects=args.objects))
+    if part == "modes":
+        from bench import modes
+        if smoke:
+            return modes.run(modes.Settings(objects=4, warmup=1, rounds=1))
+        return modes.run(modes.Settings(objects=args.objects))
     if part == "livelookup":
         from bench import livelookup
         if smoke:

@@ -58,6 +58,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
         found += _reconciler_rows(results["reconciler"])
     if "cache" in results:
         found += _cache_rows(results["cache"])
+    if "modes" in results:
+        found += _modes_rows(results["modes"])
+    return found
+
+
+def _modes_rows(modes: dict[str, Any]) -> list[Row]:
+    """Admission modes side by side (bench/modes.py); targets from the CEL policy work."""
+    phases, ratios = modes["phases"], modes["ratios"]
+    found: list[Row] = [(f"VM create, {phase}", f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms",
+                         "", "") for phase, p in phases.items()]
+    for label, key, target in (("hybrid / none", "hybrid/none p50", 1.05),
+                               ("cel / none", "cel/none p50", 1.05),
+                               ("webhook / go-floor", "webhook/go-floor p50", 1.1)):
+        found.append((f"{label}, p50", f"{ratios[key]}", f"<= {target}",
+                      _verdict(ratios[key] <= target)))
     return found
 
 

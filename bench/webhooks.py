@@ -40,14 +40,17 @@ def _entry(name: str, url: str, ca_pem: bytes, resource: str, condition: str,
     return entry
 
 
-def configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(MutatingWebhookConfiguration, ValidatingWebhookConfiguration) bodies."""
+def configurations(base_url: str, ca_pem: bytes, resources: tuple[str, ...] = ("vm", "vmim"),
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(MutatingWebhookConfiguration, ValidatingWebhookConfiguration) bodies; `resources`
+    ("vm", "vmim") picks the entries (hybrid admission mode: "vmim" only)."""
     def entries(path: str, mutating: bool) -> list[dict[str, Any]]:
         url = base_url + path
-        return [_entry(f"vm.{path.strip('/')}.dlm-guard.io", url, ca_pem, "virtualmachines",
-                       WAIT_AS_RECEIVER, mutating),
-                _entry(f"vmim.{path.strip('/')}.dlm-guard.io", url, ca_pem,
-                       "virtualmachineinstancemigrations", DECENTRALIZED, mutating)]
+        found = {"vm": _entry(f"vm.{path.strip('/')}.dlm-guard.io", url, ca_pem,
+                              "virtualmachines", WAIT_AS_RECEIVER, mutating),
+                 "vmim": _entry(f"vmim.{path.strip('/')}.dlm-guard.io", url, ca_pem,
+                                "virtualmachineinstancemigrations", DECENTRALIZED, mutating)}
+        return [found[resource] for resource in resources]
     meta = {"name": NAME}
     return ({"apiVersion": "admissionregistration.k8s.io/v1",
              "kind": "MutatingWebhookConfiguration", "metadata": meta,
@@ -57,8 +60,9 @@ def configurations(base_url: str, ca_pem: bytes) -> tuple[dict[str, Any], dict[s
              "webhooks": entries("/validate", False)})
 
 
-def register(api: k8s.ApiClient, base_url: str, ca_pem: bytes) -> None:
-    mutating, validating = configurations(base_url, ca_pem)
+def register(api: k8s.ApiClient, base_url: str, ca_pem: bytes,
+             resources: tuple[str, ...] = ("vm", "vmim")) -> None:
+    mutating, validating = configurations(base_url, ca_pem, resources)
     admission = k8s.AdmissionregistrationV1Api(api)
     admission.create_mutating_webhook_configuration(
         k8s.V1MutatingWebhookConfiguration.model_validate(mutating))

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 # Each module has register(subparsers) that adds its subcommands and sets `func`.
-SUBCOMMAND_MODULES = ("webhook.cli", "certs.cli", "reconciler.cli", "doctor.cli", "migrate.cli")
+SUBCOMMAND_MODULES = ("webhook.cli", "webhook.cel.cli", "certs.cli", "reconciler.cli", "doctor.cli",
+                      "migrate.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

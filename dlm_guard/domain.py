@@ -343,6 +343,7 @@ def _disks(domain_spec: Obj) -> Iterator[tuple[int, Obj]]:
                 yield index, disk
 
 
+# CEL: webhook/cel/vm.py shareable_disk(), lun_disk() (and the helpers named below).
 def volume_findings(vmi_spec: Obj, prefix: str) -> list[Finding]:
     """Findings for a VMI spec (a VM's spec.template.spec or a VMI's spec).
 
@@ -384,6 +385,7 @@ def _volumes_by_name(vmi_spec: Obj) -> dict[str, Obj]:
     return {str(v.get("name")): v for v in volumes if isinstance(v, Mapping)}
 
 
+# CEL: webhook/cel/vm.py filesystem(), filesystem_sources().
 def _filesystem_findings(vmi_spec: Obj, domain: Obj, base: str) -> list[Finding]:
     filesystems = get_path(domain, "devices", "filesystems")
     if not isinstance(filesystems, list):
@@ -405,6 +407,7 @@ def _filesystem_findings(vmi_spec: Obj, domain: Obj, base: str) -> list[Finding]
     return findings
 
 
+# CEL: webhook/cel/vm.py persistent_state().
 def _persistent_state_findings(domain: Obj, base: str) -> list[Finding]:
     # A persistent vTPM/EFI PVC is not copied when it is RWX on both sides (known upstream
     # bug), and the state needs domain.firmware.uuid equal on source and target VM.

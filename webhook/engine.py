@@ -313,6 +313,7 @@ def findings_for(request: Request, cluster: rules.ClusterView | None) -> list[Fi
     return []  # DELETE, CONNECT and ordinary migrations are none of our business
 
 
+# CEL: webhook/cel/vm.py VM_KIND (matchConditions, the `ratchet` variable).
 def vm_findings(request: Request) -> list[Finding]:
     """WaitAsReceiver VM rules on CREATE and UPDATE, ratcheted on UPDATE.
 

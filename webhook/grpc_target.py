@@ -44,6 +44,7 @@ def shown(value: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# CEL: webhook/cel/grpc_target.py target_problem() mirrors every function of this module.
 def target_problem(url: object) -> TargetProblem | None:
     """None when grpc-go can dial `url` to a TCP address with an explicit port."""
     if not isinstance(url, str) or not url:

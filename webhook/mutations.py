@@ -75,6 +75,7 @@ def _copy_with_private(obj: Obj, *paths: tuple[str, ...]) -> dict[str, Any]:
 
 
 # --- WaitAsReceiver VM ----------------------------------------------------------------
+# CEL: webhook/cel/vm.py restore_mutation() (the MutatingAdmissionPolicy).
 def mutate_vm(vm: Obj, restore_run_strategy: str) -> Obj:
     """vm with kubevirt.io/restore-run-strategy filled in when it is missing (a copy then)."""
     if not is_wait_as_receiver(vm) or ANNOTATION_RESTORE_RUN_STRATEGY in annotations_of(vm):

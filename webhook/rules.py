@@ -95,6 +95,7 @@ def roles_present(vmim: Obj) -> list[Role]:
 
 
 # --- Decentralized VMIM, offline rules ------------------------------------------------
+# CEL: webhook/cel/vmim.py both_roles(), vmi_name(), migration_id(), connect_url().
 def vmim_offline_findings(vmim: Obj) -> list[Finding]:
     """both-roles, vmi-name, migration-id and connect-url: no cluster state needed."""
     findings: list[Finding] = []
@@ -116,6 +117,7 @@ def vmim_offline_findings(vmim: Obj) -> list[Finding]:
     return findings
 
 
+# CEL: webhook/cel/vmim.py migration_id().
 def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
     path = field_path("spec", ROLE_FIELD[role], "migrationID")
     value = get_path(vmim, "spec", ROLE_FIELD[role], "migrationID")
@@ -131,6 +133,7 @@ def migration_id_findings(vmim: Obj, role: Role) -> list[Finding]:
 
 
 # --- connectURL -------------------------------------------------------------------------
+# CEL: webhook/cel/vmim.py connect_url() over webhook/cel/grpc_target.py.
 def connect_url_findings(url: Any) -> list[Finding]:
     """What grpc-go would make of connectURL (webhook/grpc_target.py): a target that can never
     reach a listening synchronization controller is a violation, one that may is advisory."""
@@ -275,6 +278,7 @@ def feature_gate_findings(kubevirt: Obj | None) -> list[Finding]:
 
 
 # --- Decentralized VMIM, UPDATE -------------------------------------------------------
+# CEL: webhook/cel/vmim.py immutable_spec() (UPDATE, via oldObject).
 def immutable_spec_findings(new: Obj, old: Obj) -> list[Finding]:
     """One finding per changed field of the spec; metadata and status may change."""
     changed = sorted(set(changed_paths(old.get("spec"), new.get("spec"), ("spec",))))
@@ -298,6 +302,7 @@ def changed_paths(old: Any, new: Any, at: tuple[str | int, ...]) -> Iterable[str
 
 
 # --- WaitAsReceiver VM ----------------------------------------------------------------
+# CEL: webhook/cel/vm.py VM_KIND (one variable per rule).
 def wait_as_receiver_vm_findings(vm: Obj) -> list[Finding]:
     template_spec = get_path(vm, "spec", "template", "spec")
     findings = volume_findings(template_spec, "spec.template.spec") \
@@ -306,6 +311,7 @@ def wait_as_receiver_vm_findings(vm: Obj) -> list[Finding]:
     return findings
 
 
+# CEL: webhook/cel/vm.py restore_run_strategy().
 def restore_run_strategy_findings(vm: Obj) -> list[Finding]:
     # virt-controller copies this annotation into spec.runStrategy after a successful
     # migration without validating it; missing, the VM stays WaitAsReceiver

@@ -118,16 +118,19 @@ def value_args(values_files: Iterable[Path] = (), sets: Iterable[str] = ()) -> l
 
 def template(helm: Path, values_files: Iterable[Path] = (), sets: Iterable[str] = (), *,
              namespace: str = NAMESPACE, release: str = RELEASE, check: bool = True,
-             ) -> subprocess.CompletedProcess[str]:
+             extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`extra_args`: e.g. --api-versions, what a real cluster's discovery would report."""
     return run_helm(helm, "template", release, str(CHART), "--namespace", namespace,
                     "--kube-version", kube_version(), *value_args(values_files, sets),
-                    check=check)
+                    *extra_args, check=check)
 
 
 def render(helm: Path, values_files: Iterable[Path] = (), sets: Iterable[str] = (), *,
-           namespace: str = NAMESPACE, release: str = RELEASE) -> list[Manifest]:
+           namespace: str = NAMESPACE, release: str = RELEASE,
+           extra_args: Sequence[str] = ()) -> list[Manifest]:
     """The rendered manifests (empty documents dropped)."""
-    out = template(helm, values_files, sets, namespace=namespace, release=release).stdout
+    out = template(helm, values_files, sets, namespace=namespace, release=release,
+                   extra_args=extra_args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

@@ -1,0 +1,3 @@
+module dlm-guard.io/bench/gofloor
+
+go 1.26
