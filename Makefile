@@ -23,6 +23,7 @@ demo: venv testbin
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy dlm_guard webhook certs reconciler controlplane bench doctor migrate tools/image
+	$(VENV)/bin/mypy --explicit-package-bases tests  # tests are type-checked too (their folders are no packages)
 
 unit: venv
 	$(VENV)/bin/pytest -m 'not e2e' -q

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from chart_support import FULL_VALUES, NAMESPACE, lint, of_kind, one, render
 from tls_material import ca_pem
 
-TLS_MODES = {
+TLS_MODES: dict[str, dict[str, Any]] = {
     "helm": {},
     "certManager": {"webhook": {"tls": {"mode": "certManager"}}},
     "existingSecret": {"webhook": {"tls": {"mode": "existingSecret", "existingSecret": {

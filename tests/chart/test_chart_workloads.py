@@ -200,12 +200,13 @@ def test_policy_configmap_is_what_the_webhook_loads(docs: list[Manifest]) -> Non
 def test_full_policy_values_reach_the_policy(full_docs: list[Manifest]) -> None:
     import yaml
 
+    from dlm_guard.domain import Rule
     from webhook.policy import Mode, parse_policy
 
     configmap = one(full_docs, "ConfigMap", "-policy")
     policy = parse_policy(yaml.safe_load(configmap["data"]["policy.yaml"]), "chart")
-    assert policy.mode("persistent-state") is Mode.ENFORCE
-    assert policy.mode("feature-gate") is Mode.WARN
+    assert policy.mode(Rule.PERSISTENT_STATE) is Mode.ENFORCE
+    assert policy.mode(Rule.FEATURE_GATE) is Mode.WARN
     assert policy.defaults.restore_run_strategy == "Halted"
     assert {"sandbox", "monitoring", "cert-manager"} <= policy.exempt_namespaces
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dlm_guard.domain import Rule
 from webhook.policy import Mode, PolicyError, load_policy
 
 
@@ -22,7 +23,7 @@ def policy_file(tmp_path: Path, content: str | bytes) -> Path:
 @pytest.mark.parametrize("spelling", ["off", "Off", "no", "false"])
 def test_unquoted_off_is_a_yaml_boolean_read_as_off(spelling: str, tmp_path: Path) -> None:
     policy = load_policy(policy_file(tmp_path, f"rules:\n  persistent-state: {spelling}\n"))
-    assert policy.mode("persistent-state") is Mode.OFF
+    assert policy.mode(Rule.PERSISTENT_STATE) is Mode.OFF
 
 
 def test_true_as_a_mode_says_to_write_a_mode(tmp_path: Path) -> None:
