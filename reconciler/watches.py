@@ -1,9 +1,10 @@
 """The reconciler's caches: one per known cluster, on the shared informer layer.
 
 Each cluster's cache watches, cluster-wide, the VMIMs, VMs and VMIs (projected to what gc.py
-reads), and in the KubeVirt namespace the two CA ConfigMaps (SPEC.md §1); the local cluster in
-a pod also the labelled peer Secrets of our own namespace. Every change calls `on_change`:
-"look again soon" (the pass always works on every cluster: sets, not events).
+reads), and in the KubeVirt namespace the two CA ConfigMaps (docs/kubevirt-facts.md, "CA
+bundles"); the local cluster in a pod also the labelled peer Secrets of our own namespace.
+Every change calls `on_change`: "look again soon" (the pass always works on every cluster:
+sets, not events).
 """
 
 from __future__ import annotations
