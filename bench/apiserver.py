@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,17 +142,25 @@ def added(without: dict[str, Any], with_: dict[str, Any]) -> dict[str, float]:
             for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
 
 
-def run(settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or Settings()
-    with tempfile.TemporaryDirectory(prefix="dlm-guard-bench-e2e-") as tmp, \
-            start_clusters(1, Path(tmp) / "clusters", names=["bench"]) as (cluster,):
+@contextmanager
+def one_cluster(name: str) -> Iterator[tuple[Cluster, k8s.ApiClient, Path]]:
+    """One harness cluster with the KubeVirt CRDs, an API client for it and a work folder,
+    all gone on exit (the set-up every apiserver benchmark shares)."""
+    with tempfile.TemporaryDirectory(prefix=f"dlm-guard-bench-{name}-") as tmp, \
+            start_clusters(1, Path(tmp) / "clusters", names=[name]) as (cluster,):
         install_crds(cluster)
         api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig),
                                                 persist_config=False)
         try:
-            return _measure(cluster, api, Path(tmp), settings)
+            yield cluster, api, Path(tmp)
         finally:
             api.close()
+
+
+def run(settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or Settings()
+    with one_cluster("bench") as (cluster, api, workdir):
+        return _measure(cluster, api, workdir, settings)
 
 
 def _measure(cluster: Cluster, api: k8s.ApiClient, workdir: Path,

@@ -16,7 +16,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from bench import webhooks
-from bench.apiserver import NAMESPACE, RESTORE, _create, create_series, vm_body
+from bench.apiserver import NAMESPACE, RESTORE, _create, create_series, one_cluster, vm_body
 from bench.kubeload import ensure_namespace
 from bench.servers import Server, ServerSpec, tls_pair
 from bench.stats import latency_summary
-from controlplane import Cluster, install_crds, kubectl, start_clusters
+from controlplane import Cluster, kubectl
 from webhook.cel.export import export
 from webhook.policy import Policy
 
@@ -145,15 +143,8 @@ class Phases:
 
 def run(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or Settings()
-    with tempfile.TemporaryDirectory(prefix="dlm-guard-bench-modes-") as tmp, \
-            start_clusters(1, Path(tmp) / "clusters", names=["modes"]) as (cluster,):
-        install_crds(cluster)
-        api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig),
-                                                persist_config=False)
-        try:
-            return _measure(cluster, api, Path(tmp), settings)
-        finally:
-            api.close()
+    with one_cluster("modes") as (cluster, api, workdir):
+        return _measure(cluster, api, workdir, settings)
 
 
 def _servers(cluster: Cluster, workdir: Path) -> tuple[Server, Server, bytes]:
